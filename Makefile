@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make train` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-fast lint format clean
+
+# Reinstall when the dependencies change; `pip install -e` keeps the code itself live.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train the default model on the embedded default data; prints the run directory.
+train: $(STAMP)
+	$(BIN)/python -m colorizer.run $(ARGS)
+
+## Lint, then the whole test suite (slow tests included).
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(ARGS)
+
+## The test suite without slow-marked tests, for quick iteration.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

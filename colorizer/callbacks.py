@@ -1,0 +1,95 @@
+"""Callbacks: sample grids of a fixed set of validation images, and training throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+class SampleGrids(L.Callback):
+    """Writes gray | prediction | truth grids (one row per image) as PNG files.
+
+    The images are the first ``num_images`` of the first validation batch, which is the same
+    every epoch (validation is not shuffled), so grids of successive steps are comparable.
+    Written to ``dirpath/step_NNNNNN.png`` at each validation and ``dirpath/test.png``.
+    """
+
+    def __init__(self, dirpath: str, num_images: int = 8) -> None:
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self._grid: torch.Tensor | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        if batch_idx == 0 and not trainer.sanity_checking:
+            self._grid = self._make_grid(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self._grid is not None and trainer.is_global_zero:
+            self._save(self._grid, f"step_{trainer.global_step:06d}.png")
+        self._grid = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.is_global_zero:
+            self._save(self._make_grid(pl_module, batch), "test.png")
+
+    def _make_grid(self, pl_module, batch: torch.Tensor) -> torch.Tensor:
+        triplets = pl_module.sample_triplets(batch[: self.num_images])
+        return make_grid(triplets.flatten(0, 1).float().cpu(), nrow=3, padding=2, pad_value=1.0)
+
+    def _save(self, grid: torch.Tensor, name: str) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self.dirpath / name)
+
+
+class TrainingThroughput(L.Callback):
+    """Measures steady-state training images/s, data loading included, validation excluded.
+
+    Time is taken over segments of consecutive training batches: a segment opens at a batch
+    end once ``warmup_batches`` are behind (allocator, worker start-up, autotuning) and closes
+    when validation starts or training ends. The device is synchronised only at those
+    boundaries, never per step. The result is ``images_per_s`` (None if nothing was timed).
+    """
+
+    def __init__(self, warmup_batches: int = 5) -> None:
+        self.warmup_batches = warmup_batches
+        self._batches_seen = 0
+        self._segment_start: float | None = None
+        self._segment_images = 0
+        self._images = 0
+        self._seconds = 0.0
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self._images / self._seconds if self._seconds > 0 else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches_seen += 1
+        if self._segment_start is not None:
+            self._segment_images += batch.shape[0]
+        elif self._batches_seen >= self.warmup_batches:
+            self._segment_start = self._now(pl_module)
+            self._segment_images = 0
+
+    def on_validation_start(self, trainer, pl_module):
+        self._close_segment(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._close_segment(pl_module)
+
+    def _close_segment(self, pl_module) -> None:
+        if self._segment_start is not None and self._segment_images > 0:
+            self._seconds += self._now(pl_module) - self._segment_start
+            self._images += self._segment_images
+        self._segment_start = None
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # kernels still queued belong to this segment
+        return time.perf_counter()

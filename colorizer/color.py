@@ -1,0 +1,102 @@
+"""CIE Lab conversion and the network's normalisation: the only place these constants live.
+
+Images travel through the data pipeline as uint8 sRGB ``[B, 3, H, W]``. Everything here runs
+batch-wise on whatever device the batch is on, in float32 with autocast disabled: Lab involves
+a cube root and a 2.4 power that bf16 cannot represent accurately enough (an L error of several
+units is visible), so the conversion must never be left to mixed precision.
+
+Conventions (CIE Lab, D65 white point, sRGB primaries, via kornia):
+
+- ``L`` in [0, 100] is fed to the network as ``L / 50 - 1`` in [-1, 1].
+- ``a``, ``b`` in roughly [-110, 110] for in-gamut sRGB colours are the target as ``ab / 110``,
+  so a ``tanh`` output can reach every in-gamut colour.
+"""
+
+from __future__ import annotations
+
+import kornia.color
+import torch
+
+L_SCALE = 50.0
+"""Half the L range: ``L / 50 - 1`` maps [0, 100] to [-1, 1]."""
+
+AB_SCALE = 110.0
+"""Bound of |a|, |b| over the sRGB gamut (max |b| ~ 108): ``ab / 110`` lies within [-1, 1]."""
+
+
+def _float_no_autocast(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1]; half/bf16 -> float32; float32/float64 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.dtype in (torch.float16, torch.bfloat16):
+        return images.float()
+    return images
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB ``[B, 3, H, W]`` (uint8, or float in [0, 1]) -> Lab float32 ``[B, 3, H, W]``.
+
+    L in [0, 100], a and b in about [-110, 110]. float64 input stays float64 (for gradcheck).
+    """
+    with torch.autocast(device_type=rgb.device.type, enabled=False):
+        return kornia.color.rgb_to_lab(_float_no_autocast(rgb))
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab ``[B, 3, H, W]`` -> sRGB float ``[B, 3, H, W]`` clipped to [0, 1]."""
+    with torch.autocast(device_type=lab.device.type, enabled=False):
+        return kornia.color.lab_to_rgb(_float_no_autocast(lab), clip=True)
+
+
+def normalize_l(lightness: torch.Tensor) -> torch.Tensor:
+    """L in [0, 100] -> network input in [-1, 1]."""
+    return lightness / L_SCALE - 1.0
+
+
+def denormalize_l(l_norm: torch.Tensor) -> torch.Tensor:
+    """Network input in [-1, 1] -> L in [0, 100]."""
+    return (l_norm + 1.0) * L_SCALE
+
+
+def normalize_ab(ab: torch.Tensor) -> torch.Tensor:
+    """ab in about [-110, 110] -> target in [-1, 1]."""
+    return ab / AB_SCALE
+
+
+def denormalize_ab(ab_norm: torch.Tensor) -> torch.Tensor:
+    """Network output in [-1, 1] -> ab."""
+    return ab_norm * AB_SCALE
+
+
+def split_lab(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sRGB ``[B, 3, H, W]`` -> (normalised L ``[B, 1, H, W]``, normalised ab ``[B, 2, H, W]``)."""
+    lab = rgb_to_lab(rgb)
+    return normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
+
+
+def merge_lab(l_norm: torch.Tensor, ab_norm: torch.Tensor) -> torch.Tensor:
+    """Normalised L ``[B, 1, H, W]`` + normalised ab ``[B, 2, H, W]`` -> sRGB in [0, 1].
+
+    This is the reconstruction every metric and output uses: the true L with predicted ab.
+    """
+    with torch.autocast(device_type=l_norm.device.type, enabled=False):
+        lab = torch.cat([denormalize_l(l_norm.float()), denormalize_ab(ab_norm.float())], dim=1)
+        return lab_to_rgb(lab)
+
+
+def gray_baseline(l_norm: torch.Tensor) -> torch.Tensor:
+    """The colourless prediction (ab = 0) for normalised L ``[B, 1, H, W]``: sRGB in [0, 1]."""
+    zeros = torch.zeros_like(l_norm).expand(-1, 2, -1, -1)
+    return merge_lab(l_norm, zeros)
+
+
+def luminance_of(images: torch.Tensor) -> torch.Tensor:
+    """Normalised L ``[B, 1, H, W]`` of float images in [0, 1], grayscale (C=1) or RGB (C=3).
+
+    A one-channel image is read as a gray sRGB image (R = G = B), so its L is exact.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [B, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return normalize_l(rgb_to_lab(images.clamp(0.0, 1.0))[:, :1])

@@ -1,0 +1,125 @@
+"""Colorization metrics (SPEC §3), computed on the model's device and synchronised across ranks.
+
+All image metrics compare sRGB float images in [0, 1], shape ``[B, 3, H, W]``:
+
+- ``psnr``: per image with ``data_range=1``, then averaged over images (so one easy image
+  cannot hide many bad ones, as a pixel-pooled PSNR would);
+- ``mse``: squared error averaged over every pixel and channel, on the [0, 1] scale;
+- ``ssim``: structural similarity on [0, 1], averaged over images;
+- ``cf``: Hasler & Süsstrunk colourfulness of the prediction on the 0-255 scale, averaged;
+- ``delta_cf``: ``|mean CF(prediction) - mean CF(truth)|``, how far from natural colourfulness.
+
+The gray baseline (ab = 0) is measured with a clone of the same collection, prefixed
+``<stage>/gray_``, because PSNR alone rewards dull output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.image import StructuralSimilarityIndexMeasure
+from torchmetrics.regression import MeanSquaredError
+
+PSNR_MIN_MSE = 1e-10
+"""MSE floor for PSNR (caps a perfect image at 100 dB instead of inf, which would poison a mean)."""
+
+
+def psnr_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each image, ``data_range=1``: ``[B, C, H, W]`` x2 -> ``[B]``."""
+    mse = (preds.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return -10.0 * torch.log10(mse.clamp_min(PSNR_MIN_MSE))
+
+
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler & Süsstrunk (2003) colourfulness of each RGB image in [0, 1]: ``[B]``, 0-255 scale.
+
+    ``rg = R - G``, ``yb = (R + G) / 2 - B``;
+    ``CF = sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)``
+    with population standard deviations over the pixels of each image.
+    """
+    rgb = images.float().flatten(2) * 255.0
+    red, green, blue = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    rg = red - green
+    yb = 0.5 * (red + green) - blue
+    spread = torch.sqrt(rg.var(dim=1, unbiased=False) + yb.var(dim=1, unbiased=False))
+    offset = torch.sqrt(rg.mean(dim=1).pow(2) + yb.mean(dim=1).pow(2))
+    return spread + 0.3 * offset
+
+
+class _ImageMean(Metric):
+    """Mean over images of a per-image score; subclasses define ``score(preds, target) -> [B]``."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state(
+            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def score(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        values = self.score(preds, target)
+        self.total += values.double().sum()
+        self.count += values.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float()
+
+
+class ImagePSNR(_ImageMean):
+    """PSNR per image (data_range 1), averaged over images."""
+
+    higher_is_better = True
+
+    def score(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return psnr_per_image(preds, target)
+
+
+class Colourfulness(_ImageMean):
+    """Mean colourfulness of the predictions (the target is ignored)."""
+
+    higher_is_better = None
+
+    def score(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return colourfulness(preds)
+
+
+class ColourfulnessGap(Metric):
+    """``|mean CF(preds) - mean CF(target)|`` over all images: 0 is natural colourfulness."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("pred_total", default=zero.clone(), dist_reduce_fx="sum")
+        self.add_state("target_total", default=zero.clone(), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.pred_total += colourfulness(preds).double().sum()
+        self.target_total += colourfulness(target).double().sum()
+        self.count += preds.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        count = self.count.clamp_min(1)
+        return ((self.pred_total - self.target_total).abs() / count).float()
+
+
+def colorization_metrics() -> MetricCollection:
+    """The one metric collection; clone it per stage, e.g. ``.clone(prefix="val/")``."""
+    return MetricCollection(
+        {
+            "psnr": ImagePSNR(),
+            "mse": MeanSquaredError(),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            "cf": Colourfulness(),
+            "delta_cf": ColourfulnessGap(),
+        },
+        compute_groups=False,
+    )

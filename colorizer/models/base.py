@@ -1,0 +1,130 @@
+"""What every colorization model shares: the L/ab split, the steps, metrics and inference.
+
+A subclass builds its network in ``__init__`` from plain values and implements ``forward``:
+normalised L ``[B, 1, H, W]`` in [-1, 1] -> normalised ab ``[B, 2, H, W]`` in [-1, 1]
+(SPEC §3). Batches arrive as uint8 sRGB ``[B, 3, H, W]``; Lab conversion happens here, on the
+model's device, batch-wise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from colorizer.color import gray_baseline, luminance_of, merge_lab, split_lab
+from colorizer.errors import ConfigError
+from colorizer.metrics import colorization_metrics
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+
+EVAL_STAGES = ("val", "test")
+
+
+class ColorizationModule(L.LightningModule):
+    """Base LightningModule: regression of ab from L with an MSE loss, evaluated in sRGB.
+
+    Class attributes a subclass may set:
+        input_size: the fixed working size of the network (None: fully convolutional).
+        size_multiple: for fully convolutional nets, the factor H and W must be divisible by.
+    """
+
+    input_size: int | None = None
+    size_multiple: int = 1
+
+    def __init__(self, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0):
+        super().__init__()
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+            raise ConfigError(f"model.lr must be a positive number, got {lr!r}")
+        if optimizer not in OPTIMIZERS:
+            choices = ", ".join(sorted(OPTIMIZERS))
+            raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
+        self.save_hyperparameters()
+        self.metrics = nn.ModuleDict()
+        for stage in EVAL_STAGES:
+            self.metrics[stage] = colorization_metrics().clone(prefix=f"{stage}/")
+            self.metrics[f"{stage}_gray"] = colorization_metrics().clone(prefix=f"{stage}/gray_")
+
+    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised L ``[B, 1, H, W]`` -> normalised ab ``[B, 2, H, W]``."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer_class = OPTIMIZERS[self.hparams.optimizer]
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return optimizer_class(
+            trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        l_norm, ab_norm = split_lab(batch)
+        loss = F.mse_loss(self(l_norm).float(), ab_norm)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
+        l_norm, ab_norm = split_lab(batch)
+        pred_ab = self.predict_ab(l_norm)
+        truth = batch.float() / 255.0
+        self.metrics[stage].update(merge_lab(l_norm, pred_ab), truth)
+        self.metrics[f"{stage}_gray"].update(gray_baseline(l_norm), truth)
+        batch_size = batch.shape[0]
+        self.log(f"{stage}/loss", F.mse_loss(pred_ab, ab_norm), batch_size=batch_size)
+        self.log_dict(self.metrics[stage], batch_size=batch_size, prog_bar=stage == "val")
+        self.log_dict(self.metrics[f"{stage}_gray"], batch_size=batch_size)
+
+    def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size.
+
+        A fixed-size network sees L resized to its working size and its ab is resized back
+        (chroma is smooth, so little is lost); a fully convolutional one sees L padded to a
+        multiple of its stride product, and the padding is cropped off.
+        """
+        height, width = l_norm.shape[-2:]
+        if self.input_size is not None:
+            working = (self.input_size, self.input_size)
+            if (height, width) == working:
+                return self(l_norm).float()
+            small = F.interpolate(l_norm, size=working, mode="bilinear", antialias=True)
+            return F.interpolate(self(small).float(), size=(height, width), mode="bilinear")
+        multiple = self.size_multiple
+        pad_h = math.ceil(height / multiple) * multiple - height
+        pad_w = math.ceil(width / multiple) * multiple - width
+        if pad_h or pad_w:
+            l_norm = F.pad(l_norm, (0, pad_w, 0, pad_h), mode="replicate")
+        return self(l_norm).float()[..., :height, :width]
+
+    @torch.no_grad()
+    def colorize(self, images: torch.Tensor) -> torch.Tensor:
+        """Colorize float images in [0, 1], ``[B, 1 or 3, H, W]`` -> sRGB ``[B, 3, H, W]``.
+
+        RGB input is reduced to its luminance first; the output keeps the input's L exactly
+        (up to gamut clipping) and its size. Call ``eval()`` first (``load_model`` does).
+        """
+        l_norm = luminance_of(images.to(self.device))
+        return merge_lab(l_norm, self.predict_ab(l_norm))
+
+    @torch.no_grad()
+    def sample_triplets(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` -> ``[B, 3, 3, H, W]``: gray, prediction, truth in [0, 1]."""
+        l_norm, _ = split_lab(batch)
+        prediction = merge_lab(l_norm, self.predict_ab(l_norm))
+        return torch.stack([gray_baseline(l_norm), prediction, batch.float() / 255.0], dim=1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets colorizer.load_model rebuild the right class without Hydra or the config.
+        checkpoint["colorizer_model"] = f"{type(self).__module__}:{type(self).__qualname__}"

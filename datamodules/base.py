@@ -1,0 +1,206 @@
+"""What every image datamodule shares: the uint8 batch contract, splits, transforms, loaders.
+
+Batches are always plain uint8 RGB tensors ``[B, 3, H, W]``. Workers only decode and crop;
+conversion to float, Lab and normalisation happen batched on the model's device (SPEC §3),
+where they are nearly free, instead of per sample in every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from datamodules.images import SkippedImage, load_rgb
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Random-resized-crop range: wide enough to augment, never so tight that a crop shows
+# only a texture with no context for its colour.
+TRAIN_CROP_SCALE = (0.35, 1.0)
+TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
+
+
+class DataError(ValueError):
+    """A data problem the user can fix; the message is one line saying what and how."""
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise DataError unless both fractions are in [0, 1) and leave room for training."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise DataError(f"data.{name}={value} must be in [0, 1), e.g. 0.15")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError(
+            f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} "
+            "leaves nothing to train on: keep their sum below 1"
+        )
+
+
+def seeded_split(
+    items: Sequence[T],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    key: Callable[[T], str] = str,
+) -> tuple[list[T], list[T], list[T]]:
+    """Split items into (train, val, test), deterministically and independent of input order.
+
+    Items are ranked by a hash of ``(seed, key(item))``, so the split depends only on the
+    seed and the item names, and adding files moves few existing items between splits (the
+    test set stays a test set as a dataset grows). With 3 or more items every split whose
+    fraction is non-zero gets at least one item and train keeps at least one.
+
+    Args:
+        items: things to split; ``key`` names each one (pass names relative to the dataset
+            root, so the split does not depend on where the folder lives).
+        val_fraction, test_fraction: shares in [0, 1) with a sum below 1.
+        seed: the split seed.
+
+    Returns:
+        Three disjoint lists covering ``items``, each sorted by key.
+    """
+    check_fractions(val_fraction, test_fraction)
+    ranked = sorted(items, key=lambda item: (_rank(seed, key(item)), key(item)))
+    n = len(ranked)
+    n_val, n_test = (math.floor(n * f + 0.5) for f in (val_fraction, test_fraction))
+    if n >= 3:
+        n_val = max(n_val, 1) if val_fraction > 0 else 0
+        n_test = max(n_test, 1) if test_fraction > 0 else 0
+    while n_val + n_test > max(n - 1, 0):  # train keeps at least one item
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    test, val, train = ranked[:n_test], ranked[n_test : n_test + n_val], ranked[n_test + n_val :]
+    return sorted(train, key=key), sorted(val, key=key), sorted(test, key=key)
+
+
+def _rank(seed: int, name: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+
+
+class ImageFileDataset(Dataset[torch.Tensor]):
+    """Image files decoded with :func:`load_rgb`, then cropped; items are uint8 ``[3, S, S]``.
+
+    A file that passed the set-up scan but fails now (deleted, rewritten) is logged once and
+    replaced by the next loadable index, so one bad file cannot kill a long run.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        min_size: int = 16,
+        decode_size: int | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.min_size = min_size
+        self.decode_size = decode_size
+        self._failed: set[int] = set()  # per worker process; only used to warn once
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for offset in range(len(self.paths)):
+            candidate = (index + offset) % len(self.paths)
+            if candidate in self._failed:
+                continue
+            try:
+                image = load_rgb(
+                    self.paths[candidate], min_size=self.min_size, decode_size=self.decode_size
+                )
+            except (SkippedImage, OSError) as error:
+                self._failed.add(candidate)
+                log.warning("%s (passed the scan, fails now); using another image", error)
+                continue
+            return self.transform(image)
+        raise DataError(f"none of the {len(self.paths)} images could be loaded any more")
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base for image datamodules: subclasses set ``train_set``, ``val_set``, ``test_set``.
+
+    Args:
+        image_size: side S of the square crops, in pixels.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (0 decodes in the main process).
+        seed: seeds the split, the shuffle order and, through the loader's generator, the
+            workers' augmentation RNG; with ``num_workers=0`` augmentation uses the global
+            torch RNG, which ``lightning.seed_everything`` seeds.
+    """
+
+    def __init__(self, image_size: int, batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        for name, value, least in (
+            ("image_size", image_size, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise DataError(f"data.{name}={value!r} must be an integer >= {least}")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset[torch.Tensor] | None = None
+        self.val_set: Dataset[torch.Tensor] | None = None
+        self.test_set: Dataset[torch.Tensor] | None = None
+
+    def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]``: random resized crop + horizontal flip."""
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    self.image_size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]``: shorter side to S, then centre crop."""
+        return v2.Compose(
+            [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
+        )
+
+    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+        return self._loader(self.train_set, "train")
+
+    def val_dataloader(self) -> DataLoader[torch.Tensor]:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader[torch.Tensor]:
+        return self._loader(self.test_set, "test")
+
+    def _loader(self, dataset: Dataset[torch.Tensor] | None, split: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup() before asking for the {split} dataloader")
+        train = split == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # A fixed generator makes the shuffle and the workers' base seeds reproducible.
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # Dropping the ragged last batch keeps batch statistics steady, but must never
+            # drop a whole epoch of a tiny dataset.
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )

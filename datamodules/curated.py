@@ -1,0 +1,215 @@
+"""A folder of images: ``train/``, ``val/``, ``test/`` subfolders, or one folder split by seed."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from pathlib import Path
+
+from datamodules.base import (
+    DataError,
+    ImageDataModule,
+    ImageFileDataset,
+    check_fractions,
+    seeded_split,
+)
+from datamodules.images import (
+    IMAGE_EXTENSIONS,
+    ScanResult,
+    format_reasons,
+    format_summary,
+    list_image_files,
+    scan_images,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+# The colour photographs scikit-image ships (no download), with a fixed split. The package's
+# other images are grayscale (camera, coins, moon, page, text, ...), synthetic charts or
+# textures (color, chessboard, logo, brick, grass, gravel) or not photographs: none teaches
+# colour. The split is fixed rather than seeded because motorcycle_left/right are a stereo
+# pair (near duplicates, which must not straddle train and evaluation) and because with nine
+# images a random split can leave only an astronomical or microscope image to evaluate on.
+EMBEDDED_SPLITS = {
+    "train": (
+        "astronaut.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "ihc.png",
+    ),
+    "val": ("chelsea.png",),
+    "test": ("coffee.png",),
+}
+EMBEDDED_PHOTOS = tuple(name for names in EMBEDDED_SPLITS.values() for name in names)
+
+
+def embedded_photo_dir() -> Path:
+    """Where scikit-image keeps its bundled sample images (``skimage/data``)."""
+    return Path(str(importlib.resources.files("skimage.data")))
+
+
+class CuratedDataModule(ImageDataModule):
+    """Images from a folder tree, or scikit-image's colour photographs when ``root`` is None.
+
+    If ``root`` has a ``train/`` folder, ``train/``, ``val/`` and ``test/`` are used as given
+    (a missing ``val/`` or ``test/`` is carved out of ``train/`` by seed); otherwise every
+    image under ``root`` is split by seed. Every file is validated once at :meth:`setup`;
+    unusable and grayscale ones are skipped and counted in one log line per folder.
+
+    Batches: uint8 ``[B, 3, image_size, image_size]``, RGB.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 128,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 42,
+        min_size: int = 16,
+        exclude_grayscale: bool = True,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, seed)
+        self.save_hyperparameters()
+        check_fractions(val_fraction, test_fraction)  # a config error should surface now
+        self.root = Path(root).expanduser() if root is not None else None
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.min_size = min_size
+        self.exclude_grayscale = exclude_grayscale
+        self.splits: dict[str, list[Path]] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self._find_splits()
+        # Training crops need a source ~2x the crop (scale >= 0.35): decode JPEGs no larger.
+        datasets = {
+            split: ImageFileDataset(
+                paths,
+                self.train_transform() if split == "train" else self.eval_transform(),
+                min_size=self.min_size,
+                decode_size=self.image_size * (2 if split == "train" else 1),
+            )
+            for split, paths in self.splits.items()
+        }
+        self.train_set, self.val_set, self.test_set = (datasets[s] for s in SPLITS)
+
+    def _find_splits(self) -> dict[str, list[Path]]:
+        if self.root is None:
+            return self._embedded_splits()
+        if not self.root.exists():
+            raise DataError(
+                f"data.root={self.root} does not exist: point data.root at a folder of "
+                "images, or leave it unset for the embedded default"
+            )
+        if not self.root.is_dir():
+            raise DataError(f"data.root={self.root} is a file: point it at a folder of images")
+        if (self.root / "train").is_dir():
+            return self._split_subfolders(self.root)
+        return self._split_one_folder(self.root, list_image_files(self.root), "all")
+
+    def _embedded_splits(self) -> dict[str, list[Path]]:
+        directory = embedded_photo_dir()
+        files = [directory / name for name in EMBEDDED_PHOTOS if (directory / name).is_file()]
+        usable = set(self._scan(directory, files, "embedded scikit-image photos"))
+        splits = {
+            split: [directory / name for name in names if directory / name in usable]
+            for split, names in EMBEDDED_SPLITS.items()
+        }
+        if not all(splits.values()):
+            raise DataError(
+                f"the embedded default photos are incomplete in {directory}: reinstall "
+                "scikit-image (make install) or set data.root to a folder of images"
+            )
+        log.info(
+            "embedded default: fixed split: %s", ", ".join(f"{len(splits[s])} {s}" for s in SPLITS)
+        )
+        return splits
+
+    def _split_one_folder(self, root: Path, files: list[Path], label: str) -> dict[str, list[Path]]:
+        usable = self._scan(root, files, label)
+        if len(usable) < 3:
+            raise DataError(
+                f"data.root={root} has {len(usable)} usable image(s); a seeded train/val/test "
+                "split needs at least 3: add images or provide train/, val/ and test/ folders"
+            )
+        splits = self._split(usable, root, self.val_fraction, self.test_fraction)
+        log.info(
+            "%s: seeded split (seed %d): %s",
+            label,
+            self.seed,
+            ", ".join(f"{len(splits[s])} {s}" for s in SPLITS),
+        )
+        return splits
+
+    def _split_subfolders(self, root: Path) -> dict[str, list[Path]]:
+        splits = {
+            split: self._scan(root / split, list_image_files(root / split), split)
+            for split in SPLITS
+            if (root / split).is_dir()
+        }
+        missing = [split for split in SPLITS if split not in splits]
+        if missing:
+            carved = self._split(
+                splits["train"],
+                root / "train",
+                self.val_fraction if "val" in missing else 0.0,
+                self.test_fraction if "test" in missing else 0.0,
+            )
+            splits["train"] = carved["train"]
+            for split in missing:
+                splits[split] = carved[split]
+                log.info(
+                    "%s: no %s/ folder under %s, so %d images split off train/ (seed %d)",
+                    split,
+                    split,
+                    root,
+                    len(carved[split]),
+                    self.seed,
+                )
+        return splits
+
+    def _split(
+        self, paths: list[Path], root: Path, val_fraction: float, test_fraction: float
+    ) -> dict[str, list[Path]]:
+        # Names relative to the root, so the split does not depend on where the folder lives.
+        def name(path: Path) -> str:
+            return path.relative_to(root).as_posix()
+
+        parts = seeded_split(paths, val_fraction, test_fraction, self.seed, key=name)
+        splits = dict(zip(SPLITS, parts, strict=True))
+        # A zero fraction asks for an empty split (e.g. no validation); anything else must not be.
+        for split, fraction in zip(SPLITS, (1.0, val_fraction, test_fraction), strict=True):
+            if fraction > 0 and not splits[split]:
+                raise DataError(
+                    f"the {split} split of {root} is empty ({len(paths)} usable images, "
+                    f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}): "
+                    f"add images, raise the fraction or provide a {split}/ folder"
+                )
+        return splits
+
+    def _scan(self, folder: Path, files: list[Path], label: str) -> list[Path]:
+        if not files:
+            raise DataError(
+                f"data.root: {folder} contains no image files "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}): add images or fix data.root"
+            )
+        result: ScanResult = scan_images(
+            files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
+        )
+        summary = format_summary(label, len(files), result)
+        log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
+        if not result.paths:
+            raise DataError(
+                f"data.root: none of the {len(files)} image files in {folder} is usable "
+                f"({format_reasons(result.skipped)}): add colour photographs (at least "
+                f"{self.min_size} px) or fix data.root"
+            )
+        return result.paths

@@ -1,0 +1,264 @@
+"""Robust image decoding shared by every data source.
+
+Every file a datamodule reads goes through :func:`load_rgb`, and every folder is validated
+once at set-up by :func:`scan_images`, so a truncated download or an HTML error page saved
+as ``.jpg`` is counted and skipped instead of crashing a worker hours into training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+# The fixed vocabulary of reasons, in the order summaries list ties.
+SKIP_REASONS = (
+    "empty file",
+    "not an image",
+    "truncated or corrupt",
+    "decompression bomb",
+    "too small",
+    "grayscale",
+)
+
+# What PIL's decoders raise on malformed data (beyond OSError, e.g. "image file is truncated").
+_CORRUPT_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# Errors that say the file could not be read at all: not the file's fault, so not a skip.
+_ACCESS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
+
+# catch_warnings() swaps the process-wide filter list, which is not thread-safe: serialise the
+# (header-only, fast) open under a lock so scan threads cannot restore each other's filters.
+_OPEN_LOCK = threading.Lock()
+
+# A pixel is chromatic when its channels spread by more than this many levels: well above
+# the 0-6 levels of chroma noise a JPEG encoder leaves in a gray photograph.
+_CHROMA_LEVELS = 12
+# An image is grayscale when fewer than this fraction of its pixels are chromatic, so a gray
+# scan with a tiny coloured stamp is still gray but a muted colour photo is not.
+_CHROMATIC_FRACTION = 0.01
+# Scan decodes JPEGs at a reduced DCT scale; 128 px is plenty to judge chroma.
+_SCAN_DECODE_SIZE = 128
+
+
+class SkippedImage(Exception):
+    """A file that cannot serve as a training image; ``reason`` is one of ``SKIP_REASONS``."""
+
+    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; expected one of {SKIP_REASONS}")
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+        self.reason = reason
+        self.path = path
+
+
+def load_rgb(
+    path: str | os.PathLike[str], *, min_size: int = 16, decode_size: int | None = None
+) -> torch.Tensor:
+    """Decode an image file to RGB, upright, composited on white.
+
+    Args:
+        path: the image file.
+        min_size: refuse images whose shorter side is below this many pixels.
+        decode_size: if given, JPEGs may be decoded at a reduced DCT scale (1/2, 1/4, 1/8)
+            whose shorter side is still at least this many pixels; other formats decode
+            at full size. A large speed-up when training at a small resolution.
+
+    Returns:
+        uint8 tensor ``[3, H, W]`` in [0, 255], EXIF orientation applied.
+
+    Raises:
+        SkippedImage: empty, not an image, truncated or corrupt, decompression bomb, too small.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise SkippedImage("empty file", path)
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Between MAX_IMAGE_PIXELS and twice that PIL only warns; a bomb is a bomb.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SkippedImage("decompression bomb", path) from error
+    except UnidentifiedImageError as error:
+        raise SkippedImage("not an image", path) from error
+    except _ACCESS_ERRORS:
+        raise
+    except _CORRUPT_ERRORS as error:
+        raise SkippedImage("truncated or corrupt", path) from error
+
+    with image:
+        if min(image.size) < min_size:
+            raise SkippedImage("too small", path)
+        try:
+            if decode_size is not None:
+                # JPEG only (a no-op elsewhere). The whole entropy stream is still decoded, so a
+                # truncated file raises here just as at full size (checked in the tests).
+                image.draft(None, (decode_size, decode_size))
+            # Relies on PIL's default LOAD_TRUNCATED_IMAGES=False: a cut file raises, never
+            # comes back half gray. This module never changes that setting.
+            image.load()
+            rgb = _to_rgb_array(image)
+        except _ACCESS_ERRORS:
+            raise
+        except _CORRUPT_ERRORS as error:
+            raise SkippedImage("truncated or corrupt", path) from error
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image of any mode to an upright uint8 ``[H, W, 3]`` array."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except _CORRUPT_ERRORS:
+        # Malformed EXIF does not make the pixels unusable: keep them as stored.
+        log.debug("ignoring unreadable EXIF orientation in %s", image.filename)
+
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        # 16-bit data spans 0..65535; PIL's convert("L") clips at 255, turning most of the
+        # picture white, so scale instead (with rounding: 65535 -> 255, 32768 -> 128).
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return _gray_to_rgb(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        # Float images follow the [0, 1] convention when they fit it, else PIL's 0..255.
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        return _gray_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if image.has_transparency_data:
+        # Transparent regions have arbitrary colour underneath; white is what viewers show.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    # CMYK (including Adobe's inverted JPEGs), palette, L, 1, YCbCr, LAB, HSV.
+    return np.array(image.convert("RGB"))
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def is_grayscale(image: torch.Tensor) -> bool:
+    """Whether an RGB image carries (almost) no colour.
+
+    Args:
+        image: uint8 ``[3, H, W]`` in [0, 255].
+
+    Returns:
+        True when fewer than 1% of pixels spread by more than 12 levels across R, G, B;
+        robust to the small chroma noise of JPEG-compressed gray photographs.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an RGB image [3, H, W], got shape {tuple(image.shape)}")
+    spread = image.amax(dim=0).to(torch.int16) - image.amin(dim=0).to(torch.int16)
+    chromatic = (spread > _CHROMA_LEVELS).float().mean().item()
+    return chromatic < _CHROMATIC_FRACTION
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Outcome of validating a set of files: the usable ones and why the others were skipped."""
+
+    paths: list[Path]
+    rejected: dict[Path, str] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> Counter[str]:
+        return Counter(self.rejected.values())
+
+    @property
+    def found(self) -> int:
+        return len(self.paths) + len(self.rejected)
+
+
+def scan_images(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    min_size: int = 16,
+    exclude_grayscale: bool = True,
+    workers: int | None = None,
+) -> ScanResult:
+    """Validate every file once, in a thread pool (PIL releases the GIL while decoding).
+
+    JPEGs are decoded at a reduced DCT scale, which still reads the whole file, so the
+    verdict matches what :func:`load_rgb` will do later. Grayscale sources are excluded by
+    default: as training targets they teach the model that "no colour" is right.
+
+    Returns:
+        ScanResult with the usable paths sorted and the reason for each skipped file.
+    """
+    unique = sorted({Path(p) for p in paths})
+    workers = workers or min(8, os.cpu_count() or 1)
+    probe = partial(_probe, min_size=min_size, exclude_grayscale=exclude_grayscale)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(probe, unique))
+    usable = [path for path, reason in zip(unique, reasons, strict=True) if reason is None]
+    rejected = {
+        path: reason for path, reason in zip(unique, reasons, strict=True) if reason is not None
+    }
+    for path, reason in rejected.items():
+        log.debug("skipping %s: %s", path, reason)
+    return ScanResult(usable, rejected)
+
+
+def _probe(path: Path, *, min_size: int, exclude_grayscale: bool) -> str | None:
+    try:
+        image = load_rgb(path, min_size=min_size, decode_size=_SCAN_DECODE_SIZE)
+    except SkippedImage as skipped:
+        return skipped.reason
+    if exclude_grayscale:
+        # Judge chroma on at most ~256 px per side: enough pixels, far less work.
+        stride = max(1, max(image.shape[1:]) // 256)
+        if is_grayscale(image[:, ::stride, ::stride]):
+            return "grayscale"
+    return None
+
+
+def list_image_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``root``, recursively, sorted; hidden files and folders skipped.
+
+    Extensions (``IMAGE_EXTENSIONS``) match case-insensitively, so ``IMG_0001.JPG`` counts.
+    """
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        # Pruning in place stops os.walk from descending into .git, .cache and the like.
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(directory) / name)
+    return sorted(found)
+
+
+def format_reasons(skipped: Counter[str]) -> str:
+    """``"2 truncated or corrupt, 1 grayscale"``: most frequent first, ties in vocabulary order."""
+    rank = {reason: i for i, reason in enumerate(SKIP_REASONS)}
+    order = sorted(skipped.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank))))
+    return ", ".join(f"{count} {reason}" for reason, count in order if count)
+
+
+def format_summary(split: str, found: int, result: ScanResult) -> str:
+    """One log line, e.g. ``"train: 120 found, 117 used, 3 skipped (2 truncated or corrupt,
+    1 grayscale)"``. ``found`` counts candidate files, which may exceed those scanned."""
+    used = len(result.paths)
+    skipped = found - used
+    line = f"{split}: {found} found, {used} used, {skipped} skipped"
+    reasons = format_reasons(result.skipped)
+    unexplained = skipped - sum(result.skipped.values())
+    if unexplained > 0:
+        reasons = f"{reasons}, {unexplained} other" if reasons else f"{unexplained} other"
+    return f"{line} ({reasons})" if reasons else line

@@ -1,0 +1,112 @@
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from colorizer import color
+from colorizer.models.alpha import AlphaColorizer
+from colorizer.models.blocks import count_parameters
+from colorizer.run import train
+from tests.conftest import QUICK
+
+
+def test_alpha_matches_the_reference_architecture():
+    model = AlphaColorizer()
+    assert count_parameters(model) == 32_202
+    convs = [m for m in model.net if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16, 32, 32, 32, 16, 2]
+    assert [c.stride[0] for c in convs] == [2, 1, 1, 2, 1, 2, 1, 1, 1]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, nn.Upsample) for m in model.net) == 3
+    assert isinstance(model.net[-1], nn.Tanh)
+    assert isinstance(model.configure_optimizers(), torch.optim.RMSprop)  # the seed recipe
+
+
+def test_alpha_is_fully_convolutional_and_bounded():
+    model = AlphaColorizer().eval()
+    for size in [(32, 32), (64, 96)]:
+        ab = model(torch.rand(2, 1, *size) * 2 - 1)
+        assert ab.shape == (2, 2, *size)
+        assert ab.abs().max() <= 1
+
+
+def test_colorize_keeps_size_and_luminance_of_any_input():
+    model = AlphaColorizer().eval()
+    rgb = torch.rand(2, 3, 37, 53)  # not a multiple of 8: padded, then cropped back
+    out = model.colorize(rgb)
+    assert out.shape == (2, 3, 37, 53) and out.min() >= 0 and out.max() <= 1
+    gray = model.colorize(rgb.mean(1, keepdim=True))
+    assert gray.shape == (2, 3, 37, 53)
+    # The output's L is the input's L (up to gamut clipping of the predicted chroma).
+    l_in, l_out = color.luminance_of(rgb), color.luminance_of(out)
+    assert (l_in - l_out).abs().mean() * color.L_SCALE < 1.0
+
+
+@pytest.fixture(scope="module")
+def alpha_checkpoint(tmp_path_factory):
+    import hydra.core.hydra_config as hc
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from colorizer.cli import CONFIG_DIR
+
+    run = tmp_path_factory.mktemp("alpha") / "run"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=alpha", *QUICK], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    hc.HydraConfig.instance().set_config(cfg)
+    try:
+        train(cfg)
+    finally:
+        hc.HydraConfig.instance().cfg = None
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoint_loads_without_hydra_in_a_fresh_process(alpha_checkpoint):
+    script = textwrap.dedent(
+        f"""
+        import sys, torch, colorizer
+        model = colorizer.load_model({str(alpha_checkpoint)!r})
+        assert not model.training and type(model).__name__ == "AlphaColorizer"
+        out = model.colorize(torch.rand(1, 1, 37, 53))
+        assert out.shape == (1, 3, 37, 53), out.shape
+        assert "hydra" not in sys.modules, "loading a model must not need Hydra"
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
+
+
+def test_load_model_refuses_what_is_not_a_colorizer_checkpoint(tmp_path):
+    import colorizer
+    from colorizer.errors import ConfigError
+
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(ConfigError, match="does not exist"):
+        colorizer.load_model(missing)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ConfigError, match="not a colorizer checkpoint"):
+        colorizer.load_model(foreign)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        colorizer.load_model(garbage)
+
+
+@pytest.mark.slow
+def test_alpha_learns_colour_on_synthetic_images(make_cfg):
+    cfg = make_cfg(
+        "model=alpha", "data=synthetic", "logger=none", "trainer.accelerator=cpu",
+        "trainer.max_steps=400", "trainer.val_check_interval=100", "model.optimizer=adam",
+    )  # fmt: skip
+    summary = train(cfg)
+    # Held-out synthetic images: better than leaving them gray, and truly colourful.
+    assert summary["test/psnr"] > summary["test/gray_psnr"] + 3.0
+    assert summary["test/delta_cf"] < summary["test/gray_delta_cf"] / 2

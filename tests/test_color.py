@@ -1,0 +1,114 @@
+import pytest
+import torch
+from skimage.color import rgb2lab
+
+from colorizer import color
+
+# sRGB primaries in CIE Lab (D65), from the CIE formulas as published (e.g. Bruce Lindbloom).
+REFERENCE_LAB = {
+    (1.0, 1.0, 1.0): (100.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0): (0.0, 0.0, 0.0),
+    (1.0, 0.0, 0.0): (53.24, 80.09, 67.20),
+    (0.0, 1.0, 0.0): (87.73, -86.18, 83.18),
+    (0.0, 0.0, 1.0): (32.30, 79.19, -107.86),
+    (0.5, 0.5, 0.5): (53.39, 0.0, 0.0),
+}
+
+
+def _pixels(values) -> torch.Tensor:
+    """[N, 3] values -> an [N, 3, 1, 1] batch of one-pixel images."""
+    return torch.tensor(values, dtype=torch.float32)[:, :, None, None]
+
+
+def test_reference_lab_values():
+    lab = color.rgb_to_lab(_pixels(list(REFERENCE_LAB))).flatten(1)
+    expected = torch.tensor(list(REFERENCE_LAB.values()))
+    torch.testing.assert_close(lab, expected, atol=0.05, rtol=0)
+
+
+def test_matches_skimage_on_random_images():
+    rgb = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ours = color.rgb_to_lab(rgb)
+    theirs = torch.from_numpy(rgb2lab(rgb.permute(0, 2, 3, 1).numpy(), channel_axis=-1))
+    torch.testing.assert_close(ours, theirs.permute(0, 3, 1, 2).float(), atol=0.02, rtol=0)
+
+
+def test_uint8_input_equals_float_input():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(color.rgb_to_lab(images), color.rgb_to_lab(images / 255.0))
+
+
+def test_round_trip_rgb_lab_rgb():
+    rgb = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    l_norm, ab_norm = color.split_lab(rgb)
+    torch.testing.assert_close(color.merge_lab(l_norm, ab_norm), rgb, atol=2e-4, rtol=0)
+
+
+def test_normalisation_round_trip_and_ranges():
+    # Every sRGB colour (a 33^3 grid of the cube) maps into [-1, 1] for L and ab.
+    axis = torch.linspace(0, 1, 33)
+    grid = torch.cartesian_prod(axis, axis, axis)[:, :, None, None]
+    l_norm, ab_norm = color.split_lab(grid)
+    assert l_norm.min() >= -1 - 1e-5 and l_norm.max() <= 1 + 1e-5
+    assert ab_norm.abs().max() <= 1.0
+    assert ab_norm.abs().max() > 0.9  # the scale is not wastefully loose either
+    lab = color.rgb_to_lab(grid)
+    torch.testing.assert_close(color.denormalize_l(color.normalize_l(lab[:, :1])), lab[:, :1])
+    torch.testing.assert_close(color.denormalize_ab(color.normalize_ab(lab[:, 1:])), lab[:, 1:])
+
+
+def test_gradcheck_rgb_to_lab_and_merge():
+    rgb = (0.1 + 0.8 * torch.rand(1, 3, 4, 4, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(color.rgb_to_lab, (rgb,))
+    lab = color.rgb_to_lab(rgb.detach())
+    l_norm = color.normalize_l(lab[:, :1]).requires_grad_()
+    ab_norm = (0.5 * color.normalize_ab(lab[:, 1:])).requires_grad_()  # inside the gamut
+    assert torch.autograd.gradcheck(
+        lambda lum, ab: color.lab_to_rgb(torch.cat([color.denormalize_l(lum), ab * 110], 1)),
+        (l_norm, ab_norm),
+    )
+
+
+def test_conversion_ignores_bf16_autocast():
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    l_ref, ab_ref = color.split_lab(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l_norm, ab_norm = color.split_lab(images)
+        rgb = color.merge_lab(l_norm, ab_norm)
+        rgb_from_bf16 = color.merge_lab(l_norm, ab_norm.bfloat16())  # a bf16 network output
+    assert l_norm.dtype == ab_norm.dtype == rgb.dtype == rgb_from_bf16.dtype == torch.float32
+    torch.testing.assert_close(l_norm, l_ref)
+    torch.testing.assert_close(ab_norm, ab_ref)
+    torch.testing.assert_close(rgb, color.merge_lab(l_ref, ab_ref))
+
+
+def test_gray_baseline_has_no_chroma_and_keeps_lightness():
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    l_norm, _ = color.split_lab(images)
+    gray = color.gray_baseline(l_norm)
+    assert torch.allclose(gray[:, 0], gray[:, 1], atol=1e-4)
+    assert torch.allclose(gray[:, 1], gray[:, 2], atol=1e-4)
+    torch.testing.assert_close(color.split_lab(gray)[0], l_norm, atol=1e-3, rtol=0)
+
+
+def test_luminance_of_gray_and_rgb_inputs():
+    gray = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(
+        color.luminance_of(gray), color.split_lab(gray.expand(-1, 3, -1, -1))[0]
+    )
+    rgb = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(color.luminance_of(rgb), color.split_lab(rgb)[0])
+    with pytest.raises(ValueError, match="expected images"):
+        color.luminance_of(torch.rand(2, 4, 8, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_conversion_on_cuda_matches_cpu_under_autocast():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    l_cpu, ab_cpu = color.split_lab(images)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        l_gpu, ab_gpu = color.split_lab(images.cuda())
+    assert l_gpu.device.type == "cuda" and l_gpu.dtype == torch.float32
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ab_gpu.cpu(), ab_cpu, atol=1e-4, rtol=0)

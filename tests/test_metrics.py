@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from colorizer.metrics import colorization_metrics, colourfulness
+
+
+def _batches(seed: int = 0):
+    """Two batches of (prediction, truth) float images in [0, 1] of different difficulty."""
+    generator = torch.Generator().manual_seed(seed)
+    truth = torch.rand(6, 3, 32, 32, generator=generator)
+    noise = torch.randn(6, 3, 32, 32, generator=generator)
+    scale = torch.tensor([0.01, 0.02, 0.05, 0.1, 0.2, 0.3])[:, None, None, None]
+    prediction = (truth + scale * noise).clamp(0, 1)
+    return [(prediction[:4], truth[:4]), (prediction[4:], truth[4:])]
+
+
+def _numpy_colourfulness(image: np.ndarray) -> float:
+    """Hasler & Süsstrunk (2003), written independently: image [3, H, W] in [0, 255]."""
+    red, green, blue = image.astype(np.float64)
+    rg = red - green
+    yb = 0.5 * (red + green) - blue
+    std_root = np.sqrt(np.std(rg) ** 2 + np.std(yb) ** 2)
+    mean_root = np.sqrt(np.mean(rg) ** 2 + np.mean(yb) ** 2)
+    return std_root + 0.3 * mean_root
+
+
+@pytest.fixture
+def results():
+    metrics = colorization_metrics().clone(prefix="test/")
+    for prediction, truth in _batches():
+        metrics.update(prediction, truth)
+    return {key: float(value) for key, value in metrics.compute().items()}
+
+
+def _all_images():
+    pairs = _batches()
+    return torch.cat([p for p, _ in pairs]).numpy(), torch.cat([t for _, t in pairs]).numpy()
+
+
+def test_keys_carry_the_stage_prefix(results):
+    assert set(results) == {"test/psnr", "test/mse", "test/ssim", "test/cf", "test/delta_cf"}
+
+
+def test_psnr_is_per_image_then_averaged(results):
+    predictions, truths = _all_images()
+    per_image = [
+        peak_signal_noise_ratio(t, p, data_range=1.0)
+        for p, t in zip(predictions, truths, strict=True)
+    ]
+    assert results["test/psnr"] == pytest.approx(np.mean(per_image), abs=1e-4)
+    pooled = 10 * np.log10(1.0 / np.mean((predictions - truths) ** 2))
+    assert abs(results["test/psnr"] - pooled) > 1.0  # the pooled definition would differ
+
+
+def test_mse_is_over_all_pixels_on_unit_scale(results):
+    predictions, truths = _all_images()
+    assert results["test/mse"] == pytest.approx(np.mean((predictions - truths) ** 2), rel=1e-5)
+
+
+def test_ssim_matches_skimage(results):
+    predictions, truths = _all_images()
+    expected = np.mean(
+        [
+            structural_similarity(
+                t,
+                p,
+                channel_axis=0,
+                data_range=1.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+            for p, t in zip(predictions, truths, strict=True)
+        ]
+    )
+    # Border handling differs slightly between the two (tiny 32 px images make it visible).
+    assert results["test/ssim"] == pytest.approx(expected, abs=5e-3)
+
+
+def test_colourfulness_and_gap(results):
+    predictions, truths = _all_images()
+    cf_pred = [_numpy_colourfulness(255 * p) for p in predictions]
+    cf_truth = [_numpy_colourfulness(255 * t) for t in truths]
+    assert results["test/cf"] == pytest.approx(np.mean(cf_pred), rel=1e-5)
+    assert results["test/delta_cf"] == pytest.approx(
+        abs(np.mean(cf_pred) - np.mean(cf_truth)), abs=1e-3
+    )
+
+
+def test_colourfulness_reference_values():
+    gray = torch.full((1, 3, 4, 4), 0.5)
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    # pure red: rg = 255, yb = 127.5, no spread -> 0.3 * sqrt(255^2 + 127.5^2)
+    expected_red = 0.3 * np.hypot(255.0, 127.5)
+    torch.testing.assert_close(
+        colourfulness(torch.cat([gray, red])),
+        torch.tensor([0.0, float(expected_red)]),
+        atol=1e-3,
+        rtol=0,
+    )
+
+
+def test_perfect_prediction_is_finite():
+    metrics = colorization_metrics()
+    truth = torch.rand(2, 3, 16, 16)
+    metrics.update(truth, truth)
+    values = metrics.compute()
+    assert values["psnr"] == pytest.approx(100.0)  # capped, not inf
+    assert values["mse"] == 0 and values["delta_cf"] == 0
+
+
+def test_clones_per_stage_are_independent():
+    base = colorization_metrics()
+    val, test = base.clone(prefix="val/"), base.clone(prefix="test/")
+    prediction, truth = _batches()[0]
+    val.update(prediction, truth)
+    val.compute()
+    with pytest.warns(UserWarning, match="compute"):
+        assert float(test.compute()["test/psnr"]) == 0.0  # nothing seen: untouched by val

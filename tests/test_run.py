@@ -1,0 +1,83 @@
+"""The training entry point, in process and as the real CLI."""
+
+import json
+
+import pytest
+import yaml
+
+from colorizer.run import train
+from tests.conftest import QUICK, assert_one_line_error
+
+METRICS_KEYS = {
+    "val/psnr", "val/mse", "test/psnr", "test/mse", "test/ssim", "test/cf", "test/delta_cf",
+    "test/gray_psnr", "test/gray_mse", "model", "data", "global_step", "train_images_per_s",
+}  # fmt: skip
+
+
+def test_train_returns_and_writes_every_metric(make_cfg, tmp_path):
+    summary = train(make_cfg("model=alpha", *QUICK))
+    run = tmp_path / "run"
+    written = json.loads((run / "metrics.json").read_text())
+    assert set(written) >= METRICS_KEYS
+    assert written == json.loads(json.dumps(summary))
+    assert (written["model"], written["data"]) == ("alpha", "synthetic")
+    assert written["global_step"] == 4
+    assert written["test/psnr"] > 0 and 0 <= written["test/mse"] < 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-step*.ckpt"))
+    assert (run / "samples" / "test.png").is_file()
+
+
+def test_cli_run_leaves_the_run_directory(cli, tmp_path):
+    run = tmp_path / "cli-run"
+    result = cli("colorizer.run", "model=alpha", *QUICK, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert config["model"]["_target_"].endswith("AlphaColorizer")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run / "samples").glob("*.png"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= METRICS_KEYS
+    assert "gray baseline" in result.stdout and str(run) in result.stdout
+
+
+def test_cli_default_data_is_the_embedded_photographs(cli, tmp_path):
+    run = tmp_path / "curated"
+    args = ["trainer=debug", "logger=none", "data.num_workers=0", f"hydra.run.dir={run}"]
+    result = cli("colorizer.run", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"] == "curated" and metrics["test/psnr"] > 10
+
+
+def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "colorizer.run", "--multirun", "model=alpha", "model.lr=1e-3,3e-4", *QUICK,
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = set()
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").is_file()
+        rates.add(
+            yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["model"]["lr"]
+        )
+    assert rates == {1e-3, 3e-4}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["model=nope"], ["model/nope", "alpha"]),
+        (["model.lrr=1"], ["lrr"]),
+        (["data.root=/nonexistent/photos"], ["data.root", "/nonexistent/photos"]),
+        (["model.lr=-1", *QUICK], ["model.lr"]),
+        (["model.optimizer=adagrad", *QUICK], ["model.optimizer", "rmsprop"]),
+    ],
+    ids=["unknown-choice", "unknown-key", "missing-data", "bad-lr", "bad-optimizer"],
+)
+def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
+    result = cli("colorizer.run", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
+    assert_one_line_error(result, *fragments)
