@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from datamodules.augment import DeviceAugmentation
 from datamodules.images import SkippedImage, load_rgb
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,20 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0 decodes in the main process).
         seed: seeds the split, the shuffle order and, through the loader's generator, the
-            workers' augmentation RNG; with ``num_workers=0`` augmentation uses the global
-            torch RNG, which ``lightning.seed_everything`` seeds.
+            workers' crop RNG; with ``num_workers=0`` cropping uses the global torch RNG,
+            which ``lightning.seed_everything`` seeds (as does the device augmentation).
+        augment: keyword arguments of :class:`DeviceAugmentation` (``hflip``, ``degrees``,
+            ``zoom``, ``shear``) for training batches; None: no augmentation beyond the crop.
     """
 
-    def __init__(self, image_size: int, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        augment: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         for name, value, least in (
             ("image_size", image_size, 1),
@@ -157,19 +167,21 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        try:
+            self.augmentation = DeviceAugmentation(**(augment or {"hflip": False}))
+        except (TypeError, ValueError) as error:
+            raise DataError(f"data.augment: {error}") from error
         self.train_set: Dataset[torch.Tensor] | None = None
         self.val_set: Dataset[torch.Tensor] | None = None
         self.test_set: Dataset[torch.Tensor] | None = None
 
     def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]``: random resized crop + horizontal flip."""
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(
-                    self.image_size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO, antialias=True
-                ),
-                v2.RandomHorizontalFlip(),
-            ]
+        """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]``: a random resized crop.
+
+        Flips and warps are not done here but batched on the device (``augment``).
+        """
+        return v2.RandomResizedCrop(
+            self.image_size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO, antialias=True
         )
 
     def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -177,6 +189,13 @@ class ImageDataModule(L.LightningDataModule):
         return v2.Compose(
             [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
         )
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        """Augment training batches on the device they were moved to; others pass through."""
+        if self.trainer is not None and self.trainer.training and self.augmentation.active:
+            self.augmentation.to(batch.device)
+            return self.augmentation(batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader[torch.Tensor]:
         return self._loader(self.train_set, "train")

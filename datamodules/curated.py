@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import (
     DataError,
@@ -75,8 +77,9 @@ class CuratedDataModule(ImageDataModule):
         seed: int = 42,
         min_size: int = 16,
         exclude_grayscale: bool = True,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, seed)
+        super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
         check_fractions(val_fraction, test_fraction)  # a config error should surface now
         self.root = Path(root).expanduser() if root is not None else None

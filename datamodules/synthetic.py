@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -128,8 +130,9 @@ class SyntheticDataModule(ImageDataModule):
         num_val: int = 64,
         num_test: int = 64,
         seed: int = 42,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, seed)
+        super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if not isinstance(value, int) or value < 1:

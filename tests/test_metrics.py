@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from colorizer.metrics import colorization_metrics, colourfulness
+from colorizer.metrics import colorization_metrics, colourfulness, update_metrics
 
 
 def _batches(seed: int = 0):
@@ -120,3 +120,20 @@ def test_clones_per_stage_are_independent():
     val.compute()
     with pytest.warns(UserWarning, match="compute"):
         assert float(test.compute()["test/psnr"]) == 0.0  # nothing seen: untouched by val
+
+
+def test_metrics_are_exact_under_bf16_autocast():
+    # A smooth image (like sky in a photograph): bf16 convolutions would wreck SSIM here.
+    generator = torch.Generator().manual_seed(3)
+    ramp = torch.linspace(0.3, 0.7, 96).view(1, 1, 96, 1).expand(4, 3, 96, 96)
+    truth = (ramp + 0.01 * torch.randn(4, 3, 96, 96, generator=generator)).clamp(0, 1)
+    prediction = (truth + 0.01 * torch.randn(4, 3, 96, 96, generator=generator)).clamp(0, 1)
+    reference = colorization_metrics()
+    update_metrics(reference, prediction, truth)
+    under_autocast = colorization_metrics()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        update_metrics(under_autocast, prediction, truth)
+    expected, actual = reference.compute(), under_autocast.compute()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], msg=key)
+    assert expected["ssim"] > 0.85

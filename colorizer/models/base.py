@@ -8,6 +8,7 @@ model's device, batch-wise.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
@@ -17,12 +18,17 @@ from torch import nn
 
 from colorizer.color import gray_baseline, luminance_of, merge_lab, split_lab
 from colorizer.errors import ConfigError
-from colorizer.metrics import colorization_metrics
+from colorizer.metrics import colorization_metrics, update_metrics
+from colorizer.models.backbones import load_pretrained
+from colorizer.models.blocks import conv_stack
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
+    # The seed recipes used Keras's RMSprop (rho 0.9, epsilon 1e-7). PyTorch's defaults
+    # (alpha 0.99, eps 1e-8) make the first steps ~10x the learning rate, which saturated
+    # beta's tanh within a few steps at lr 1e-3 (measured: loss 0.62 vs 0.058 after 60 steps).
+    "rmsprop": functools.partial(torch.optim.RMSprop, alpha=0.9, eps=1e-7),
     "sgd": torch.optim.SGD,
 }
 
@@ -48,6 +54,7 @@ class ColorizationModule(L.LightningModule):
             choices = ", ".join(sorted(OPTIMIZERS))
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
         self.save_hyperparameters()
+        self.weight_sources: dict[str, str] = {}
         self.metrics = nn.ModuleDict()
         for stage in EVAL_STAGES:
             self.metrics[stage] = colorization_metrics().clone(prefix=f"{stage}/")
@@ -56,6 +63,28 @@ class ColorizationModule(L.LightningModule):
     def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
         """Normalised L ``[B, 1, H, W]`` -> normalised ab ``[B, 2, H, W]``."""
         raise NotImplementedError
+
+    def pretrained_parts(self) -> dict[str, tuple[nn.Module, str | None, bool]]:
+        """Submodules that start from pretrained weights: config prefix -> (module, file, download).
+
+        E.g. ``{"model.backbone": (self.backbone, "w.pth", False)}`` reads the config keys
+        ``model.backbone_weights`` and ``model.backbone_download``.
+        """
+        return {}
+
+    def setup(self, stage: str) -> None:
+        # Pretrained weights are loaded before training only: a resumed run then overwrites
+        # them with its checkpoint, and a checkpoint loaded for inference already holds them.
+        if stage == "fit" and not self.weight_sources:
+            self.load_pretrained_weights()
+
+    def load_pretrained_weights(self) -> dict[str, str]:
+        """Load every pretrained part; returns where each one's weights came from."""
+        for what, (module, weights, download) in self.pretrained_parts().items():
+            self.weight_sources[what] = load_pretrained(
+                module, weights=weights, download=download, what=what
+            )
+        return self.weight_sources
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer_class = OPTIMIZERS[self.hparams.optimizer]
@@ -80,8 +109,8 @@ class ColorizationModule(L.LightningModule):
         l_norm, ab_norm = split_lab(batch)
         pred_ab = self.predict_ab(l_norm)
         truth = batch.float() / 255.0
-        self.metrics[stage].update(merge_lab(l_norm, pred_ab), truth)
-        self.metrics[f"{stage}_gray"].update(gray_baseline(l_norm), truth)
+        update_metrics(self.metrics[stage], merge_lab(l_norm, pred_ab), truth)
+        update_metrics(self.metrics[f"{stage}_gray"], gray_baseline(l_norm), truth)
         batch_size = batch.shape[0]
         self.log(f"{stage}/loss", F.mse_loss(pred_ab, ab_norm), batch_size=batch_size)
         self.log_dict(self.metrics[stage], batch_size=batch_size, prog_bar=stage == "val")
@@ -128,3 +157,20 @@ class ColorizationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets colorizer.load_model rebuild the right class without Hydra or the config.
         checkpoint["colorizer_model"] = f"{type(self).__module__}:{type(self).__qualname__}"
+
+
+class PlainCNNColorizer(ColorizationModule):
+    """A plain sequential CNN from a layer spec (``blocks.conv_stack``); alpha and beta.
+
+    Subclasses set ``layers``. RMSprop by default, as in the seed recipes.
+    """
+
+    layers: tuple[str, ...] = ()
+    size_multiple = 8
+
+    def __init__(self, lr: float = 1e-3, optimizer: str = "rmsprop", weight_decay: float = 0.0):
+        super().__init__(lr=lr, optimizer=optimizer, weight_decay=weight_decay)
+        self.net = conv_stack(1, list(self.layers))
+
+    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
+        return self.net(l_norm)

@@ -1,7 +1,3 @@
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from torch import nn
@@ -10,7 +6,6 @@ from colorizer import color
 from colorizer.models.alpha import AlphaColorizer
 from colorizer.models.blocks import count_parameters
 from colorizer.run import train
-from tests.conftest import QUICK
 
 
 def test_alpha_matches_the_reference_architecture():
@@ -43,44 +38,6 @@ def test_colorize_keeps_size_and_luminance_of_any_input():
     # The output's L is the input's L (up to gamut clipping of the predicted chroma).
     l_in, l_out = color.luminance_of(rgb), color.luminance_of(out)
     assert (l_in - l_out).abs().mean() * color.L_SCALE < 1.0
-
-
-@pytest.fixture(scope="module")
-def alpha_checkpoint(tmp_path_factory):
-    import hydra.core.hydra_config as hc
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from colorizer.cli import CONFIG_DIR
-
-    run = tmp_path_factory.mktemp("alpha") / "run"
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=alpha", *QUICK], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-    hc.HydraConfig.instance().set_config(cfg)
-    try:
-        train(cfg)
-    finally:
-        hc.HydraConfig.instance().cfg = None
-    return run / "checkpoints" / "last.ckpt"
-
-
-def test_checkpoint_loads_without_hydra_in_a_fresh_process(alpha_checkpoint):
-    script = textwrap.dedent(
-        f"""
-        import sys, torch, colorizer
-        model = colorizer.load_model({str(alpha_checkpoint)!r})
-        assert not model.training and type(model).__name__ == "AlphaColorizer"
-        out = model.colorize(torch.rand(1, 1, 37, 53))
-        assert out.shape == (1, 3, 37, 53), out.shape
-        assert "hydra" not in sys.modules, "loading a model must not need Hydra"
-        print("ok")
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "ok"
 
 
 def test_load_model_refuses_what_is_not_a_colorizer_checkpoint(tmp_path):

@@ -1,0 +1,88 @@
+"""fullcnn: Deep-Koalarization-style encoder-decoder fused with a frozen classifier's embedding.
+
+Trainable: encoder 5,827,200 + fusion 321,792 + decoder 392,210 = 6,541,202 parameters, plus a
+frozen Inception-ResNet-v2 (timm ``inception_resnet_v2``, ~55.8 M) that embeds the grayscale
+image into its 1000 class probabilities (Baldassarre et al., 2017).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from colorizer.color import gray_baseline
+from colorizer.models.backbones import create_timm, freeze
+from colorizer.models.base import ColorizationModule
+from colorizer.models.blocks import conv_stack
+
+ENCODER_LAYERS = ["64s2", "128", "128s2", "256", "256s2", "512", "512", "256"]
+DECODER_LAYERS = ["128", "up", "64", "up", "32", "16", "2tanh", "up"]
+EMBEDDING_DIM = 1000  # the classifier's 1000 ImageNet classes
+
+
+class FullCNNColorizer(ColorizationModule):
+    """Encoder (to 1/8 size, 256 channels) + tiled embedding -> 1x1 fusion -> decoder.
+
+    The embedding is computed once per batch, without gradients, from the grayscale image
+    (the L channel as gray sRGB, replicated to 3 channels), resized to ``embedding_size``
+    (default: the backbone's own input size, 299²) and normalised with the backbone's own
+    mean and std: Inception weights expect [-1, 1] (the reference fed [0, 1]; not repeated).
+
+    Pretrained backbone weights are loaded by ``load_pretrained_weights()``, which ``setup()``
+    calls before training (a checkpoint carries them, so loading one needs no weights file).
+    """
+
+    size_multiple = 8
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        backbone: str = "inception_resnet_v2",
+        backbone_weights: str | None = None,
+        backbone_download: bool = False,
+        embedding_size: int | None = None,
+    ):
+        super().__init__(lr=lr, optimizer=optimizer, weight_decay=weight_decay)
+        self.encoder = conv_stack(1, ENCODER_LAYERS)
+        self.fusion = nn.Sequential(nn.Conv2d(256 + EMBEDDING_DIM, 256, 1), nn.ReLU(inplace=True))
+        self.decoder = conv_stack(256, DECODER_LAYERS)
+        self.backbone = freeze(create_timm(backbone, num_classes=EMBEDDING_DIM))
+        # channels_last: ~20 % faster on this CPU (oneDNN) and the layout tensor cores want.
+        self.backbone.to(memory_format=torch.channels_last)
+        config = self.backbone.pretrained_cfg
+        self.embedding_size = embedding_size or config["input_size"][-1]
+        self.register_buffer("backbone_mean", torch.tensor(config["mean"]).view(1, 3, 1, 1), False)
+        self.register_buffer("backbone_std", torch.tensor(config["std"]).view(1, 3, 1, 1), False)
+
+    def pretrained_parts(self) -> dict[str, tuple[nn.Module, str | None, bool]]:
+        hparams = self.hparams
+        return {
+            "model.backbone": (self.backbone, hparams.backbone_weights, hparams.backbone_download)
+        }
+
+    def train(self, mode: bool = True) -> FullCNNColorizer:
+        super().train(mode)
+        self.backbone.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
+        return self
+
+    def backbone_input(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised L ``[B, 1, H, W]`` -> the backbone's input ``[B, 3, S, S]``, normalised."""
+        gray = gray_baseline(l_norm)  # sRGB in [0, 1] with R = G = B
+        size = (self.embedding_size, self.embedding_size)
+        gray = F.interpolate(gray, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+        normalised = (gray - self.backbone_mean) / self.backbone_std
+        return normalised.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def embed(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, 1000]`` of the grayscale image (softmax, as the reference)."""
+        return self.backbone(self.backbone_input(l_norm)).float().softmax(dim=1)
+
+    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(l_norm)
+        embedding = self.embed(l_norm).to(features.dtype)
+        tiled = embedding[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+        return self.decoder(self.fusion(torch.cat([features, tiled], dim=1)))

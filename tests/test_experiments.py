@@ -1,0 +1,34 @@
+"""The seed recipes in conf/experiment/: each composes as documented and trains a few steps."""
+
+import pytest
+
+from colorizer.cli import CONFIG_DIR
+from colorizer.run import train
+
+RECIPES = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPECTED = {
+    "alpha_seed": ("AlphaColorizer", "rmsprop", 1),
+    "beta_seed": ("BetaColorizer", "rmsprop", 10),
+    "fullcnn_seed": ("FullCNNColorizer", "adam", 20),
+}
+FEW_STEPS = [
+    "logger=none", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.max_steps=2",
+    "trainer.val_check_interval=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+]  # fmt: skip
+
+
+def test_every_recipe_is_checked():
+    assert set(RECIPES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_trains(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}", *FEW_STEPS)
+    model_class, optimizer, batch_size = EXPECTED[name]
+    assert cfg.model._target_.endswith(model_class)
+    assert (cfg.model.optimizer, cfg.data.batch_size) == (optimizer, batch_size)
+    source = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
+    assert "Source:" in source.split("defaults:")[0]  # documented at the top
+    summary = train(cfg)
+    assert summary["global_step"] == 2
+    assert summary["test/psnr"] > 0
