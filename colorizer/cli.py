@@ -20,7 +20,7 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from colorizer.errors import ConfigError
 
@@ -64,6 +64,13 @@ def _root_user_error(err: BaseException | None) -> BaseException | None:
     return None
 
 
+def describe(err: BaseException) -> str:
+    """The one line shown for a user error."""
+    if isinstance(err, MissingMandatoryValue) and err.full_key:
+        return f"{err.full_key} is required: add {err.full_key}=VALUE to the command"
+    return one_line(err)
+
+
 def fail(message: str) -> None:
     """Print one error line and exit with the usage-error status."""
     print(f"error: {message}", file=sys.stderr)
@@ -96,7 +103,7 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> N
             user_error = _root_user_error(err)
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            fail(one_line(user_error))
+            fail(describe(user_error))
 
     check_overrides(sys.argv[1:], config_name)
     app = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")

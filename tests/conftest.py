@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 from colorizer.cli import CONFIG_DIR
 
@@ -63,5 +66,59 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in errors[0], errors[0]
 
 
-def run_dir_of(tmp_path: Path) -> Path:
-    return tmp_path / "run"
+# A tiny COCO in the official layout, written by the tests (pycocotools reads it for real).
+COCO_CATEGORIES = [
+    {"id": 1, "name": "person"},
+    {"id": 17, "name": "cat"},
+    {"id": 18, "name": "dog"},
+]
+# image id -> category ids shown in it
+COCO_TRAIN_LABELS = {1: [18], 2: [17], 3: [17, 18], 4: [1], 5: [1], 6: [1, 18], 9: [17]}
+ESCAPING, MISSING, GRAY = 10, 11, 12
+
+
+def _colour_image(path: Path, seed: int, gray: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    if gray:
+        pixels[:] = pixels[..., :1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def _write_annotations(path: Path, images: list[dict], labels: dict[int, list[int]]) -> None:
+    annotations = [
+        {"id": 100 * image + k, "image_id": image, "category_id": category, "bbox": [1, 1, 9, 9],
+         "area": 81.0, "iscrowd": 0, "segmentation": [[1, 1, 10, 1, 10, 10]]}
+        for image, categories in labels.items()
+        for k, category in enumerate(categories)
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": COCO_CATEGORIES})
+    )
+
+
+@pytest.fixture
+def coco_root(tmp_path: Path) -> Path:
+    root = tmp_path / "coco"
+    images = []
+    for image_id in [*COCO_TRAIN_LABELS, GRAY]:
+        name = f"{image_id:012d}.jpg"
+        _colour_image(root / "train2017" / name, image_id, gray=image_id == GRAY)
+        images.append({"id": image_id, "file_name": name, "width": 48, "height": 40})
+    # A file_name escaping the image folder, pointing at a real image outside it.
+    _colour_image(tmp_path / "escape.jpg", 99)
+    images.append({"id": ESCAPING, "file_name": "../../escape.jpg", "width": 48, "height": 40})
+    images.append({"id": MISSING, "file_name": "000000000011.jpg", "width": 48, "height": 40})
+    labels = {**COCO_TRAIN_LABELS, ESCAPING: [18], MISSING: [18], GRAY: [18]}
+    _write_annotations(root / "annotations" / "instances_train2017.json", images, labels)
+
+    val_images = []
+    for image_id in (201, 202, 203):
+        name = f"{image_id:012d}.jpg"
+        _colour_image(root / "val2017" / name, image_id)
+        val_images.append({"id": image_id, "file_name": name, "width": 48, "height": 40})
+    val_labels = {201: [1], 202: [18], 203: [17]}
+    _write_annotations(root / "annotations" / "instances_val2017.json", val_images, val_labels)
+    return root

