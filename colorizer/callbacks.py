@@ -7,15 +7,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
 
 class SampleGrids(L.Callback):
-    """Writes gray | prediction | truth grids (one row per image) as PNG files.
+    """Gray | prediction | truth grids (one row per image) to every active logger.
 
     The images are the first ``num_images`` of the first validation batch, which is the same
     every epoch (validation is not shuffled), so grids of successive steps are comparable.
-    Written to ``dirpath/step_NNNNNN.png`` at each validation and ``dirpath/test.png``.
+    Always written as PNG files (``dirpath/step_NNNNNN.png`` at each validation and
+    ``dirpath/test.png``); also sent as images to W&B and TensorBoard when those log.
     """
 
     def __init__(self, dirpath: str, num_images: int = 8) -> None:
@@ -26,25 +29,36 @@ class SampleGrids(L.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if batch_idx == 0 and not trainer.sanity_checking:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
             self._grid = self._make_grid(pl_module, batch)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self._grid is not None and trainer.is_global_zero:
-            self._save(self._grid, f"step_{trainer.global_step:06d}.png")
+            self._publish(trainer, self._grid, f"step_{trainer.global_step:06d}.png", "val")
         self._grid = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and trainer.is_global_zero:
-            self._save(self._make_grid(pl_module, batch), "test.png")
+            self._publish(trainer, self._make_grid(pl_module, batch), "test.png", "test")
 
     def _make_grid(self, pl_module, batch: torch.Tensor) -> torch.Tensor:
-        triplets = pl_module.sample_triplets(batch[: self.num_images])
-        return make_grid(triplets.flatten(0, 1).float().cpu(), nrow=3, padding=2, pad_value=1.0)
+        return triplet_grid(pl_module.sample_triplets(batch[: self.num_images]))
 
-    def _save(self, grid: torch.Tensor, name: str) -> None:
+    def _publish(self, trainer, grid: torch.Tensor, name: str, stage: str) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.dirpath / name)
+        key, step = f"samples/{stage}", trainer.global_step
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                caption = "rows: gray | prediction | truth"
+                logger.log_image(key=key, images=[grid], step=step, caption=[caption])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(key, grid, global_step=step)
+
+
+def triplet_grid(triplets: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, 3, H, W]`` gray / prediction / truth in [0, 1] -> ``[3, H', W']``, a row each."""
+    return make_grid(triplets.flatten(0, 1).float().cpu(), nrow=3, padding=2, pad_value=1.0)
 
 
 class TrainingThroughput(L.Callback):
@@ -93,3 +107,24 @@ class TrainingThroughput(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # kernels still queued belong to this segment
         return time.perf_counter()
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar that counts optimizer steps when training is step-based.
+
+    Lightning's default describes epochs ("Epoch 41/-2" with ``max_epochs=-1``), which says
+    nothing when training runs for ``trainer.max_steps``.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_steps is None or trainer.max_steps < 0:
+            return super()._get_train_description(current_epoch)
+        description = f"step {trainer.global_step}/{trainer.max_steps}"
+        return f"{description:{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, description=description)

@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -32,6 +33,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from datamodules import DataError  # deferred: the data package is only needed by the job
 
     return (ConfigError, DataError, FileNotFoundError, OmegaConfBaseException)
+
+
+def config_choice(group: str, fallback: str) -> str:
+    """The config-group choice (``model=alpha`` -> "alpha") the running job was composed with."""
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group, fallback))
+    return fallback
 
 
 def one_line(err: BaseException) -> str:

@@ -13,26 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from colorizer.callbacks import TrainingThroughput
-from colorizer.cli import run_app
+from colorizer.cli import config_choice, run_app
+from colorizer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("psnr", "mse", "ssim", "cf", "delta_cf")
-
-
-def _choice(group: str, fallback: str) -> str:
-    """The config-group choice (``model=alpha`` -> "alpha") this run was composed with."""
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices.get(group, fallback))
-    return fallback
 
 
 def _instantiate_all(section: DictConfig | None) -> list[Any]:
@@ -50,7 +44,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # The whole composed config (Hydra's own settings aside), so a run can be repeated from its log.
+    job_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    for logger in loggers:
+        logger.log_hyperparams({"config": OmegaConf.to_container(job_config, resolve=True)})
+    try:
+        return _fit_and_test(cfg, trainer, model, datamodule, run_dir)
+    finally:
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):  # one W&B run per job, also in a multirun
+                logger.experiment.finish()
 
+
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     global_step = trainer.global_step
     checkpoint = trainer.checkpoint_callback
@@ -63,8 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     throughput = next((c for c in trainer.callbacks if isinstance(c, TrainingThroughput)), None)
     summary: dict[str, Any] = {
-        "model": _choice("model", type(model).__name__),
-        "data": _choice("data", type(datamodule).__name__),
+        "model": config_choice("model", type(model).__name__),
+        "data": config_choice("data", type(datamodule).__name__),
         "global_step": global_step,
         "train_images_per_s": throughput.images_per_s if throughput else None,
         "best_checkpoint": best,
@@ -96,8 +108,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"Run directory: {summary['run_dir']}")
 
 
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """``train``, returning the value of ``cfg.optimized_metric`` for Hydra's sweepers."""
+    summary = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and metric not in summary:
+        raise ConfigError(f"optimized_metric={metric} is not one of the run's metrics")
+    return summary.get(metric) if metric else None
+
+
 def main() -> None:
-    run_app(train)
+    run_app(train_for_sweep)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from colorizer.cli import CONFIG_DIR
 from colorizer.models.base import ColorizationModule
 
-GROUPS = ("model", "data", "trainer", "logger", "experiment")
+GROUPS = ("model", "data", "trainer", "logger", "experiment", "sweep")
 OPTIONS = [
     (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
 ]

@@ -90,6 +90,15 @@ class GANColorizer(ColorizationModule):
             torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
 
+    def _check_size(self, batch: torch.Tensor) -> None:
+        multiple = self.input_size or self.size_multiple
+        if any(side % multiple for side in batch.shape[-2:]):
+            hint = "or a smaller model.depth" if self.hparams.generator == "unet" else ""
+            raise ConfigError(
+                f"model=gan needs images whose sides are multiples of {multiple}, got "
+                f"{tuple(batch.shape[-2:])}: set data.image_size={max(multiple, 256)} {hint}"
+            )
+
     @property
     def adversarial(self) -> bool:
         """False during the L1-only pre-training epochs."""
@@ -101,6 +110,7 @@ class GANColorizer(ColorizationModule):
         return F.binary_cross_entropy_with_logits(logits, target)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._check_size(batch)
         opt_g, opt_d = self.optimizers()
         l_norm, ab_norm = split_lab(batch)
         fake_ab = self.generator(l_norm)

@@ -1,0 +1,156 @@
+"""The evaluation entry point: in process against training's numbers, and as the real CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from omegaconf.errors import MissingMandatoryValue
+from PIL import Image
+
+from colorizer.cli import CONFIG_DIR, describe
+from colorizer.errors import ConfigError
+from colorizer.evaluate import eval_dataset, evaluate, perceptual_metrics, stack_by_size
+from colorizer.run import train
+from datamodules.curated import CuratedDataModule
+from tests.conftest import QUICK, assert_one_line_error
+
+SKIPPED = "FID, LPIPS: skipped (weights not available locally: "
+# Small and quick; the 16 test images fit trainer=debug's 2 test batches, so all are tested.
+SYNTHETIC = ["data.image_size=32", "data.batch_size=8", "data.num_val=8", "data.num_test=16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny alpha trained on synthetic data by colorizer.run: its metrics.json content."""
+    run = tmp_path_factory.mktemp("train")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", ["model=alpha", *QUICK, *SYNTHETIC], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def no_local_weights(monkeypatch, tmp_path):
+    """An empty torch hub cache, so FID and LPIPS are skipped whatever this machine holds."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def write_photos(folder, sizes: list[tuple[int, int]]) -> None:
+    """Colourful PNGs (hue gradients with noise) of the given (height, width)."""
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate(sizes):
+        y, x = np.mgrid[0:height, 0:width] / max(height, width)
+        rgb = np.stack([x, y, 1 - (x + y) / 2], axis=-1) * 200 + rng.uniform(
+            0, 55, (height, width, 3)
+        )
+        path = folder / f"sub{i % 2}" / f"photo{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb.astype(np.uint8)).save(path)
+
+
+def test_test_split_reproduces_the_training_runs_test_metrics(
+    trained, make_cfg, tmp_path, no_local_weights
+):
+    cfg = make_cfg(
+        f"ckpt_path={trained['best_checkpoint']}", "data=synthetic", *SYNTHETIC,
+        config_name="evaluate",
+    )  # fmt: skip
+    summary = evaluate(cfg)
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["num_images"] == 16 and summary["split"] == "test"
+    assert (summary["model"], summary["data"]) == ("alpha", "synthetic")
+    expected = {k: v for k, v in trained.items() if k.startswith("test/") and k != "test/loss"}
+    assert len(expected) == 10
+    assert {key: summary[key] for key in expected} == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+    report = (run / "report.md").read_text()
+    psnr, gray_psnr = (f"{summary[key]:.4f}" for key in ("test/psnr", "test/gray_psnr"))
+    assert f"| model (alpha) | {psnr} |" in report and f"| gray baseline | {gray_psnr} |" in report
+    assert "PSNR (dB) | MSE | SSIM | CF | ΔCF | images" in report
+    assert "sRGB in [0, 1]; PSNR (data_range 1) per image, then averaged" in report
+    assert "CF: Hasler-Süsstrunk colourfulness on 0-255" in report
+    assert SKIPPED in report and "FID |" not in report
+    # 8 rows of gray | prediction | truth, 32 px tiles with 2 px padding.
+    assert Image.open(run / "samples.png").size == (3 * 34 + 2, 8 * 34 + 2)
+
+
+@pytest.mark.parametrize("size_option", ["data.image_size=256", "native=true"])
+def test_split_all_evaluates_every_image_in_the_folder_uncropped(
+    trained, make_cfg, tmp_path, no_local_weights, size_option
+):
+    write_photos(tmp_path / "photos", [(256, 256)] * 3)
+    cfg = make_cfg(
+        f"ckpt_path={trained['best_checkpoint']}", "split=all", f"data.root={tmp_path / 'photos'}",
+        "data.num_workers=0", "batch_size=2", size_option, config_name="evaluate",
+    )  # fmt: skip
+    summary = evaluate(cfg)
+    assert summary["num_images"] == 3 and summary["split"] == "all"
+    assert summary["all/gray_cf"] < 1 and summary["all/gray_delta_cf"] > 20  # colourful truths
+    assert all(math.isfinite(summary[f"all/{name}"]) for name in ("psnr", "mse", "ssim"))
+    # 3 rows (fewer images than num_images_in_grid) of 256 px tiles.
+    assert Image.open(tmp_path / "run" / "samples.png").size == (3 * 258 + 2, 3 * 258 + 2)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| model (alpha) |" in report and report.count(" | 3 |") == 2
+
+
+def test_native_size_keeps_each_image_and_batches_equal_sizes(tmp_path):
+    sizes = [(256, 256), (200, 300), (256, 256)]
+    write_photos(tmp_path, sizes)
+    datamodule = CuratedDataModule(root=str(tmp_path), image_size=128, num_workers=0)
+    native = eval_dataset(datamodule, "all", native=True)
+    assert sorted(tuple(native[i].shape[1:]) for i in range(3)) == sorted(sizes)
+    batches = stack_by_size([native[i] for i in range(3)])
+    assert sorted(batch.shape[0] for batch in batches) == [1, 2]
+    resized = eval_dataset(datamodule, "all", native=False)
+    assert {tuple(resized[i].shape) for i in range(3)} == {(3, 128, 128)}
+
+
+def test_train_split_is_evaluated_without_random_crops(tmp_path):
+    write_photos(tmp_path, [(200, 300)] * 6)
+    datamodule = CuratedDataModule(root=str(tmp_path), image_size=64, num_workers=0)
+    dataset = eval_dataset(datamodule, "train", native=False)
+    assert torch.equal(dataset[0], dataset[0]) and dataset[0].shape == (3, 64, 64)
+
+
+def test_perceptual_metrics_are_skipped_without_local_weights(no_local_weights, tmp_path):
+    metrics, skipped = perceptual_metrics()
+    assert metrics == {}
+    assert skipped.startswith(SKIPPED)
+    assert "FID: " in skipped
+    assert f"LPIPS: no alexnet-owt-7be5be79.pth in {tmp_path / 'torch' / 'hub'}" in skipped
+
+
+def test_split_all_needs_a_folder(trained, make_cfg):
+    cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "split=all", config_name="evaluate")
+    with pytest.raises(ConfigError, match="set data.root=DIR"):
+        evaluate(cfg)
+
+
+def test_a_forgotten_checkpoint_is_named(make_cfg):
+    with pytest.raises(MissingMandatoryValue) as error:
+        evaluate(make_cfg(config_name="evaluate"))
+    assert describe(error.value) == "ckpt_path is required: add ckpt_path=VALUE to the command"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["ckpt_path=/nonexistent/model.ckpt"], ["checkpoint /nonexistent/model.ckpt"]),
+        (["ckpt_path=x.ckpt", "split=bogus"], ["split=bogus", "test, val, train, all"]),
+    ],
+    ids=["missing-checkpoint", "unknown-split"],
+)
+def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
+    result = cli("colorizer.evaluate", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
+    assert_one_line_error(result, *fragments)

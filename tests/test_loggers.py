@@ -1,0 +1,122 @@
+"""Experiment loggers for real: W&B in offline mode and TensorBoard, read back from disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb.proto import wandb_internal_pb2
+
+from colorizer.run import train
+from tests.conftest import QUICK
+
+WANDB_BLOCK = 32768  # W&B run files use LevelDB's log format: 32 KiB blocks of records
+
+
+def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """Every record of an offline W&B run file (``run-ID.wandb``)."""
+    data, position, pending, records = path.read_bytes(), 7, b"", []
+    assert data.startswith(b":W&B")
+    while position + 7 <= len(data):
+        if WANDB_BLOCK - position % WANDB_BLOCK < 7:  # a block's tail too short for a header
+            position += WANDB_BLOCK - position % WANDB_BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        payload = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def finished_wandb_records(path: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The run file's records once W&B's writer (a separate process) has written its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.HasField("exit") for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _item_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+@pytest.fixture
+def no_wandb_credentials(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc from `wandb login`
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_wandb_goes_offline_without_credentials_and_records_everything(
+    make_cfg, tmp_path, caplog, no_wandb_credentials
+):
+    caplog.set_level(logging.WARNING, logger="colorizer.loggers")
+    train(make_cfg("model=alpha", *QUICK, "logger=wandb", "logger.wandb.tags=[smoke]"))
+    assert "logging offline" in caplog.text and "wandb sync" in caplog.text
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = finished_wandb_records(run_file)
+    history = {_item_key(i) for r in records if r.HasField("history") for i in r.history.item}
+    assert {"train/loss", "val/psnr", "val/gray_psnr", "test/psnr", "test/delta_cf"} <= history
+    assert {"samples/val/_type", "samples/test/_type"} <= history
+    config = {
+        _item_key(u): u.value_json for r in records if r.HasField("config") for u in r.config.update
+    }
+    assert "AlphaColorizer" in config["config"]  # the whole composed config, as the run config
+    run = next(r.run for r in records if r.HasField("run"))
+    assert run.project == "colorizer" and list(run.tags) == ["smoke"]
+    images = list(run_file.parent.glob("files/media/images/samples/*.png"))
+    assert any(p.name.startswith("val_") for p in images)
+    assert any(p.name.startswith("test_") for p in images)
+
+
+@pytest.mark.slow
+def test_wandb_makes_one_run_per_multirun_job(cli, tmp_path, no_wandb_credentials):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "colorizer.run", "--multirun", "model=alpha", "model.lr=1e-3,3e-4", *QUICK,
+        "logger=wandb", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_ids = set()
+    for job in ("0", "1"):
+        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        run_ids.add(run_file.stem)
+        lr = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["model"]["lr"]
+        config = {
+            _item_key(u): u.value_json
+            for r in finished_wandb_records(run_file)
+            if r.HasField("config")
+            for u in r.config.update
+        }
+        assert json.loads(config["config"])["model"]["lr"] == lr
+    assert len(run_ids) == 2
+
+
+def test_tensorboard_gets_scalars_and_sample_grids(make_cfg, tmp_path):
+    train(make_cfg("model=alpha", *QUICK, "logger=tensorboard"))
+    (log_dir,) = {p.parent for p in (tmp_path / "run" / "tensorboard").rglob("events.out.*")}
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
+    scalars, images = set(accumulator.Tags()["scalars"]), set(accumulator.Tags()["images"])
+    assert {"train/loss", "val/psnr", "val/gray_psnr", "test/psnr"} <= scalars
+    assert {"samples/val", "samples/test"} <= images
+
+
+def test_csv_logger_keeps_the_history_and_the_config(make_cfg, tmp_path):
+    train(make_cfg("model=alpha", *QUICK, "logger=csv"))
+    history = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/psnr", "test/psnr"} <= set(history)
+    hparams = yaml.safe_load((tmp_path / "run" / "csv" / "hparams.yaml").read_text())
+    assert hparams["config"]["model"]["_target_"].endswith("AlphaColorizer")
