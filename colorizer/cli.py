@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from rich import progress
+from rich.console import Console
+from rich.text import Text
 
 from colorizer.errors import ConfigError
 
@@ -98,6 +102,34 @@ def check_overrides(argv: list[str], config_name: str) -> None:
             compose(config_name, overrides=argv)
     except (HydraException, OmegaConfBaseException) as err:
         fail(one_line(err))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``device=`` option: ``auto`` is the GPU if there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}, but there is no CUDA GPU: use device=auto or cpu")
+    return device
+
+
+class ImagesPerSecond(progress.ProgressColumn):
+    """A progress bar column: throughput in images/s."""
+
+    def render(self, task: progress.Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} images/s")
+
+
+def image_progress(console: Console) -> progress.Progress:
+    """A progress bar over images: bar, done/total, elapsed time, images/s."""
+    columns = (progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), ImagesPerSecond())
+    return progress.Progress(
+        *progress.Progress.get_default_columns()[:2], *columns, console=console
+    )
 
 
 def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> None:

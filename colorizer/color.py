@@ -74,14 +74,57 @@ def split_lab(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
 
 
-def merge_lab(l_norm: torch.Tensor, ab_norm: torch.Tensor) -> torch.Tensor:
+def lab_to_rgb_keep_lightness(lab: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Lab ``[B, 3, H, W]`` -> sRGB in [0, 1], desaturating out-of-gamut colours instead of
+    clipping them, so every pixel keeps its L.
+
+    Clipping R, G, B separately changes a saturated pixel's lightness (by up to ~10 L units on
+    an untrained network's output). Here each out-of-gamut pixel's ab is scaled by the largest
+    factor in [0, 1] (found by bisection to 2^-steps) that brings it into the sRGB gamut;
+    ab = 0 is always inside, so the search cannot fail. Only those pixels are searched.
+    """
+    with torch.autocast(device_type=lab.device.type, enabled=False):
+        lab = _float_no_autocast(lab)
+        rgb = kornia.color.lab_to_rgb(lab, clip=False)
+        outside = _outside_gamut(rgb)
+        if outside.any():
+            pixels = lab.permute(0, 2, 3, 1)[outside]  # [N, 3]
+            low = torch.zeros_like(pixels[:, :1])  # a factor known to be inside the gamut
+            high = torch.ones_like(low)
+            for _ in range(steps):
+                middle = (low + high) / 2
+                inside = ~_outside_gamut(_pixels_to_rgb(pixels, middle))[:, None]
+                low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
+            rgb.permute(0, 2, 3, 1)[outside] = _pixels_to_rgb(pixels, low)
+        return rgb.clamp_(0.0, 1.0)
+
+
+_GAMUT_SLACK = 1e-4  # float error of the Lab round trip; a tenth of an 8-bit level is below it
+
+
+def _outside_gamut(rgb: torch.Tensor) -> torch.Tensor:
+    """Per pixel: is any channel of ``[N, 3, ...]`` outside [0, 1]? -> ``[N, ...]``."""
+    return ((rgb < -_GAMUT_SLACK) | (rgb > 1 + _GAMUT_SLACK)).any(dim=1)
+
+
+def _pixels_to_rgb(pixels: torch.Tensor, chroma_factor: torch.Tensor) -> torch.Tensor:
+    """Lab pixels ``[N, 3]`` with ab scaled by ``[N, 1]`` -> unclipped sRGB ``[N, 3]``."""
+    scaled = torch.cat([pixels[:, :1], pixels[:, 1:] * chroma_factor], dim=1)
+    return kornia.color.lab_to_rgb(scaled[:, :, None, None], clip=False)[:, :, 0, 0]
+
+
+def merge_lab(
+    l_norm: torch.Tensor, ab_norm: torch.Tensor, keep_lightness: bool = False
+) -> torch.Tensor:
     """Normalised L ``[B, 1, H, W]`` + normalised ab ``[B, 2, H, W]`` -> sRGB in [0, 1].
 
-    This is the reconstruction every metric and output uses: the true L with predicted ab.
+    This is the reconstruction every metric uses: the true L with predicted ab, clipped to the
+    sRGB gamut (SPEC §3). ``keep_lightness`` desaturates out-of-gamut colours instead
+    (``lab_to_rgb_keep_lightness``), as photos colorized for people are.
     """
     with torch.autocast(device_type=l_norm.device.type, enabled=False):
         lab = torch.cat([denormalize_l(l_norm.float()), denormalize_ab(ab_norm.float())], dim=1)
-        return lab_to_rgb(lab)
+        return lab_to_rgb_keep_lightness(lab) if keep_lightness else lab_to_rgb(lab)
 
 
 def gray_baseline(l_norm: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich import progress
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -37,7 +35,7 @@ from torchvision.transforms import v2
 from torchvision.utils import save_image
 
 from colorizer.callbacks import triplet_grid
-from colorizer.cli import config_choice, run_app
+from colorizer.cli import config_choice, image_progress, resolve_device, run_app
 from colorizer.errors import ConfigError
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
@@ -64,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split={split} is not one of: {', '.join(SPLITS)}")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
-    device = _device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     L.seed_everything(cfg.seed, verbose=False)
     model = load_model(cfg.ckpt_path).to(device)
     datamodule: ImageDataModule = instantiate(cfg.data)
@@ -81,8 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     grid_rows: list[torch.Tensor] = []
     num_images = 0
     console = Console()
-    columns = (progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), ImagesPerSecond())
-    bar = progress.Progress(*progress.Progress.get_default_columns()[:2], *columns, console=console)
+    bar = image_progress(console)
     with torch.inference_mode(), bar:
         task = bar.add_task(f"evaluating {split}", total=len(dataset))  # type: ignore[arg-type]
         for batches in loader:
@@ -277,26 +274,6 @@ def _table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _cell(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.4f}"
-
-
-def _device(name: str) -> torch.device:
-    """``auto``: the GPU if there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device={name} is not a device: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}, but there is no CUDA GPU: use device=auto or cpu")
-    return device
-
-
-class ImagesPerSecond(progress.ProgressColumn):
-    """The progress bar's throughput."""
-
-    def render(self, task: progress.Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} images/s")
 
 
 def main() -> None:

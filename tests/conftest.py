@@ -19,6 +19,13 @@ from colorizer.cli import CONFIG_DIR
 
 # Small, fast settings for end-to-end runs on two CPU cores.
 QUICK = ["data=synthetic", "trainer=debug", "logger=none", "trainer.accelerator=cpu"]
+# Small but real settings per model, for two CPU cores (the GAN's U-Net at depth 6 works at 64²).
+SMALL_MODELS = {
+    "alpha": ["model=alpha", "model.optimizer=adam"],
+    "beta": ["model=beta", "model.lr=3e-4"],  # the seed recipe's RMSprop (Keras defaults)
+    "fullcnn": ["model=fullcnn", "model.embedding_size=75"],
+    "gan": ["model=gan", "model.depth=6", "model.base_channels=16", "model.disc_channels=16"],
+}
 
 
 @pytest.fixture
@@ -35,6 +42,32 @@ def make_cfg(tmp_path):
 
     yield make
     HydraConfig.instance().cfg = None
+
+
+@pytest.fixture(scope="session")
+def checkpoint_of(tmp_path_factory):
+    """``checkpoint_of("gan")``: last.ckpt of a small model trained 4 steps by colorizer.run."""
+    from colorizer.run import train  # deferred: collection stays light
+
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            run = tmp_path_factory.mktemp(f"checkpoint-{name}")
+            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+                overrides = [*SMALL_MODELS[name], *QUICK]
+                cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir = str(run)
+            HydraConfig.instance().set_config(cfg)
+            try:
+                train(cfg)
+            finally:
+                HydraConfig.instance().cfg = None
+            made[name] = run / "checkpoints" / "last.ckpt"
+        return made[name]
+
+    return make
 
 
 @pytest.fixture

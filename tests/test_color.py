@@ -1,3 +1,4 @@
+import kornia.color
 import pytest
 import torch
 from skimage.color import rgb2lab
@@ -112,3 +113,23 @@ def test_conversion_on_cuda_matches_cpu_under_autocast():
     assert l_gpu.device.type == "cuda" and l_gpu.dtype == torch.float32
     torch.testing.assert_close(l_gpu.cpu(), l_cpu, atol=1e-4, rtol=0)
     torch.testing.assert_close(ab_gpu.cpu(), ab_cpu, atol=1e-4, rtol=0)
+
+
+def test_keep_lightness_desaturates_out_of_gamut_colours_instead_of_clipping():
+    torch.manual_seed(0)
+    lab = torch.cat([torch.rand(2, 1, 40, 50) * 100, (torch.rand(2, 2, 40, 50) * 2 - 1) * 110], 1)
+    unclipped = kornia.color.lab_to_rgb(lab, clip=False)
+    inside = ((unclipped >= 0) & (unclipped <= 1)).all(dim=1, keepdim=True).expand_as(lab)
+    assert 0.05 < inside.float().mean() < 0.5  # both kinds of pixel are tested
+
+    kept = color.lab_to_rgb_keep_lightness(lab)
+    assert kept.min() >= 0 and kept.max() <= 1
+    back = color.rgb_to_lab(kept)
+    torch.testing.assert_close(back[:, :1], lab[:, :1], atol=0.02, rtol=0)  # every pixel's L
+    assert (color.rgb_to_lab(color.lab_to_rgb(lab))[:, :1] - lab[:, :1]).abs().max() > 10
+    torch.testing.assert_close(kept[inside], unclipped[inside])  # in-gamut colours untouched
+    # Out of gamut: the same hue, less chroma (ab shrinks towards 0 by one common factor).
+    ratio = back[:, 1:] / lab[:, 1:]
+    outside = ~inside[:, :1] & (lab[:, 1:].abs() > 20).all(dim=1, keepdim=True)  # stable ratios
+    assert (ratio[:, :1][outside] < 1.0 + 1e-3).all()
+    torch.testing.assert_close(ratio[:, :1][outside], ratio[:, 1:][outside], atol=0.02, rtol=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -33,6 +34,34 @@ OPTIMIZERS = {
 }
 
 EVAL_STAGES = ("val", "test")
+
+
+def predict_ab_with(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    l_norm: torch.Tensor,
+    *,
+    input_size: int | None,
+    size_multiple: int,
+) -> torch.Tensor:
+    """Normalised ab ``[B, 2, H, W]`` float32 from ``network`` for L ``[B, 1, H, W]`` of any size.
+
+    A fixed-size network (``input_size``) sees L resized to its working size and its ab is
+    resized back (chroma is smooth, so little is lost); a fully convolutional one sees L padded
+    to a multiple of its stride product (``size_multiple``), and the padding is cropped off.
+    ``network`` is a model or an exported one (``colorizer.inference.OnnxNetwork``).
+    """
+    height, width = l_norm.shape[-2:]
+    if input_size is not None:
+        working = (input_size, input_size)
+        if (height, width) == working:
+            return network(l_norm).float()
+        small = F.interpolate(l_norm, size=working, mode="bilinear", antialias=True)
+        return F.interpolate(network(small).float(), size=(height, width), mode="bilinear")
+    pad_h = math.ceil(height / size_multiple) * size_multiple - height
+    pad_w = math.ceil(width / size_multiple) * size_multiple - width
+    if pad_h or pad_w:
+        l_norm = F.pad(l_norm, (0, pad_w, 0, pad_h), mode="replicate")
+    return network(l_norm).float()[..., :height, :width]
 
 
 class ColorizationModule(L.LightningModule):
@@ -117,35 +146,21 @@ class ColorizationModule(L.LightningModule):
         self.log_dict(self.metrics[f"{stage}_gray"], batch_size=batch_size)
 
     def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size.
-
-        A fixed-size network sees L resized to its working size and its ab is resized back
-        (chroma is smooth, so little is lost); a fully convolutional one sees L padded to a
-        multiple of its stride product, and the padding is cropped off.
-        """
-        height, width = l_norm.shape[-2:]
-        if self.input_size is not None:
-            working = (self.input_size, self.input_size)
-            if (height, width) == working:
-                return self(l_norm).float()
-            small = F.interpolate(l_norm, size=working, mode="bilinear", antialias=True)
-            return F.interpolate(self(small).float(), size=(height, width), mode="bilinear")
-        multiple = self.size_multiple
-        pad_h = math.ceil(height / multiple) * multiple - height
-        pad_w = math.ceil(width / multiple) * multiple - width
-        if pad_h or pad_w:
-            l_norm = F.pad(l_norm, (0, pad_w, 0, pad_h), mode="replicate")
-        return self(l_norm).float()[..., :height, :width]
+        """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size."""
+        return predict_ab_with(
+            self, l_norm, input_size=self.input_size, size_multiple=self.size_multiple
+        )
 
     @torch.no_grad()
     def colorize(self, images: torch.Tensor) -> torch.Tensor:
         """Colorize float images in [0, 1], ``[B, 1 or 3, H, W]`` -> sRGB ``[B, 3, H, W]``.
 
-        RGB input is reduced to its luminance first; the output keeps the input's L exactly
-        (up to gamut clipping) and its size. Call ``eval()`` first (``load_model`` does).
+        RGB input is reduced to its luminance first; the output keeps the input's L (colours
+        outside the sRGB gamut are desaturated, not clipped) and its size. Call ``eval()``
+        first (``load_model`` does).
         """
         l_norm = luminance_of(images.to(self.device))
-        return merge_lab(l_norm, self.predict_ab(l_norm))
+        return merge_lab(l_norm, self.predict_ab(l_norm), keep_lightness=True)
 
     @torch.no_grad()
     def sample_triplets(self, batch: torch.Tensor) -> torch.Tensor:

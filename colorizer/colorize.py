@@ -1,0 +1,222 @@
+"""Colorize photos at full size: ``python -m colorizer.colorize ckpt_path=X input=P output=D``.
+
+``input`` is an image file, a folder (searched recursively) or a glob; each photo is written
+under ``output`` with its own name and sub-folder, size and aspect ratio (SPEC §2). The network
+sees the photo's luminance at its working size (``size``); its chroma is upsampled and merged
+with the photo's full-resolution L (``colorizer.inference``). Colour photos are recoloured from
+their luminance unless ``color_inputs=skip``.
+
+A photo that cannot be read or written is counted and reported, never stops the others, and
+leaves no partial file behind. Exit status: 0 when every photo was colorized or skipped on
+purpose, 1 when any failed, 2 for a usage error (one ``error:`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from colorizer.cli import image_progress, resolve_device, run_app
+from colorizer.errors import ConfigError
+from colorizer.inference import PRECISIONS, ChromaNetwork, colorize_full_resolution, open_network
+from colorizer.photo_files import FORMATS, Job, PhotoFiles, find_jobs, side_by_side, write_image
+
+log = logging.getLogger(__name__)
+
+COLOR_INPUTS = ("grayscale", "skip")
+COMPARE_SUFFIX = "_before_after"
+_MAX_LISTED_FAILURES = 20
+WRITER_THREADS = 2
+EXISTS = "output exists (overwrite=true replaces it)"
+
+
+def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str, Any]:
+    """Colorize every photo ``cfg.input`` names into ``cfg.output``; returns the summary.
+
+    ``network`` replaces the one ``cfg.ckpt_path`` names, e.g. to reuse a loaded model.
+    """
+    _check(cfg)
+    device = resolve_device(str(cfg.device))
+    bf16 = str(cfg.precision) == "bf16" or (str(cfg.precision) == "auto" and device.type == "cuda")
+    if network is None:
+        network = open_network(str(cfg.ckpt_path), str(cfg.backend), device, bf16=bf16)
+    device = network.device
+    if network.input_size is not None and cfg.size != network.input_size:
+        log.warning("%s works at %d px only; size=%s is not used", network.name,
+                    network.input_size, cfg.size)  # fmt: skip
+    jobs = find_jobs(str(cfg.input), Path(str(cfg.output)), cfg.format)
+    skipped: dict[Path, str] = {}
+    if not cfg.overwrite:
+        skipped = {job.source: EXISTS for job in jobs if job.target.exists()}
+    todo = [job for job in jobs if job.source not in skipped]
+    failed: dict[Path, str] = {}
+    done = recoloured = 0
+    loader = DataLoader(
+        PhotoFiles(todo),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=list,
+        pin_memory=device.type == "cuda",
+    )
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    # Encoding (PNG above all) is slow and releases the GIL: writer threads overlap it with
+    # the next batch. At most two batches of outputs wait in memory.
+    pending: deque[tuple[Job, Future[str | None]]] = deque()
+
+    def finish_writes(keep: int) -> None:
+        nonlocal done
+        while len(pending) > keep:
+            job, future = pending.popleft()
+            error = future.result()
+            if error is None:
+                done += 1
+            else:
+                failed[job.source] = error
+
+    with image_progress(console) as bar, ThreadPoolExecutor(WRITER_THREADS) as writers:
+        task = bar.add_task("colorizing", total=len(todo))
+        for batch in loader:
+            photos = []
+            for item in batch:
+                job = todo[item["index"]]
+                if item["error"] is not None:
+                    failed[job.source] = item["error"]
+                elif cfg.color_inputs == "skip" and item["colour"]:
+                    skipped[job.source] = "colour photo (color_inputs=skip)"
+                else:
+                    photos.append((job, item))
+                    recoloured += item["colour"]
+            colorized, errors = _colorize_batch(network, photos, cfg.size)
+            failed |= {job.source: error for job, error in errors.items()}
+            for job, item, output in colorized:
+                pending.append((job, writers.submit(_write, job, item, output, cfg)))
+            finish_writes(keep=2 * cfg.batch_size)
+            bar.advance(task, len(batch))
+        finish_writes(keep=0)
+    seconds = time.perf_counter() - start
+    summary = {
+        "model": network.name,
+        "backend": type(network).__name__,
+        "device": str(device),
+        "found": len(jobs),
+        "colorized": done,
+        "skipped": len(skipped),
+        "failed": len(failed),
+        "colour_inputs_recoloured": recoloured,
+        "skipped_reasons": dict(Counter(skipped.values())),
+        "failed_reasons": dict(Counter(failed.values())),
+        "failures": {str(path): reason for path, reason in failed.items()},
+        "seconds": round(seconds, 3),
+        "images_per_s": round(done / seconds, 3) if done and seconds > 0 else 0.0,
+        "output": str(Path(str(cfg.output)).resolve()),
+    }
+    _report(summary, console, Path(str(cfg.run_dir)))
+    return summary
+
+
+def _check(cfg: DictConfig) -> None:
+    """Refuse bad option values with a message naming the key."""
+    for key in ("size", "batch_size", "quality"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+    if cfg.quality > 100:
+        raise ConfigError(f"quality={cfg.quality} must be at most 100")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise ConfigError(f"num_workers={cfg.num_workers!r} must be an integer >= 0")
+    if cfg.format is not None and cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format} is not one of: null, {', '.join(FORMATS)}")
+    if cfg.color_inputs not in COLOR_INPUTS:
+        raise ConfigError(f"color_inputs={cfg.color_inputs} is not one of: grayscale, skip")
+    if str(cfg.precision) not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision} is not one of: {', '.join(PRECISIONS)}")
+
+
+def _colorize_batch(
+    network: ChromaNetwork, photos: list[tuple[Job, dict]], size: int
+) -> tuple[list[tuple[Job, dict, torch.Tensor]], dict[Job, str]]:
+    """Colorize a batch: (job, item, uint8 output) of those that worked, errors of the others."""
+    if not photos:
+        return [], {}
+    try:
+        outputs = colorize_full_resolution(network, [item["image"] for _, item in photos], size)
+    except (RuntimeError, MemoryError) as err:
+        if len(photos) == 1:
+            return [], {photos[0][0]: _describe_failure(err)}
+        # One photo too large for the batch must not fail the others: retry one at a time.
+        done, failed = [], {}
+        for photo in photos:
+            one_done, one_failed = _colorize_batch(network, [photo], size)
+            done += one_done
+            failed |= one_failed
+        return done, failed
+    return [(job, item, out) for (job, item), out in zip(photos, outputs, strict=True)], {}
+
+
+def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str | None:
+    """Write a colorized photo (and its before/after image); returns the error, if any."""
+    try:
+        write_image(output, job.target, cfg.quality, item.get("exif"))
+        if cfg.compare:
+            compare = job.target.with_stem(job.target.stem + COMPARE_SUFFIX)
+            write_image(side_by_side(item["image"], output), compare, cfg.quality, item.get("exif"))
+    except (OSError, ValueError) as err:
+        return f"cannot write {job.target.name} ({err})"
+    return None
+
+
+def _describe_failure(err: BaseException) -> str:
+    if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+        return "out of memory (lower batch_size or size, or use device=cpu)"
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
+    """Print the failures and a summary line; write summary.json to the run directory."""
+    for path, reason in list(summary["failures"].items())[:_MAX_LISTED_FAILURES]:
+        console.print(f"failed: {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    hidden = summary["failed"] - _MAX_LISTED_FAILURES
+    if hidden > 0:
+        console.print(
+            f"... and {hidden} more failures: see {run_dir / 'summary.json'}", soft_wrap=True
+        )
+    line = f"colorized {summary['colorized']} of {summary['found']}"
+    for outcome in ("skipped", "failed"):
+        reasons = ", ".join(f"{n} {why}" for why, n in summary[f"{outcome}_reasons"].items())
+        line += f", {outcome} {summary[outcome]}" + (f" ({reasons})" if reasons else "")
+    line += f"; {summary['images_per_s']:.2f} images/s on {summary['device']}"
+    if summary["colour_inputs_recoloured"]:
+        console.print(
+            f"{summary['colour_inputs_recoloured']} colour photos were recoloured from their "
+            "luminance (color_inputs=skip leaves colour photos alone)",
+            soft_wrap=True,
+        )
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Wrote {summary['output']}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _cli(cfg: DictConfig) -> None:
+    summary = colorize(cfg)
+    if summary["failed"]:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    run_app(_cli, config_name="colorize")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Colorization at full resolution, by a trained model or by its ONNX export.
+
+The network predicts chroma at a working size; the chroma is upsampled (bilinear) to the
+photo's own size and merged with the photo's own full-resolution L. Chroma is smooth, so
+little is lost by predicting it small, and no detail is lost at all: the output's L is the
+input's, up to sRGB gamut clipping and 8-bit rounding.
+
+Both backends are a :class:`ChromaNetwork`: normalised L ``[B, 1, h, w]`` in [-1, 1] ->
+normalised ab ``[B, 2, h, w]`` float32 in [-1, 1], with the geometry the network needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from colorizer.color import AB_SCALE, L_SCALE, merge_lab, normalize_l, rgb_to_lab
+from colorizer.errors import ConfigError
+from colorizer.models import ColorizationModule, load_model
+from colorizer.models.base import predict_ab_with
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "32", "bf16")
+ONNX_INPUT, ONNX_OUTPUT = "l_norm", "ab_norm"
+# ONNX metadata keys (all prefixed "colorizer."): what a deployment needs besides the graph.
+META = "colorizer."
+
+
+class ChromaNetwork:
+    """A colorization network with its geometry.
+
+    Attributes:
+        name: the architecture (``alpha``, ``beta``, ``fullcnn``, ``gan``).
+        input_size: the fixed square size it works at, or None if fully convolutional.
+        size_multiple: what H and W must be divisible by (fully convolutional nets).
+        device: where its inputs must be.
+    """
+
+    name: str
+    input_size: int | None
+    size_multiple: int
+    device: torch.device
+
+    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised ab for normalised L of any size (resized or padded as the net needs)."""
+        return predict_ab_with(
+            self, l_norm, input_size=self.input_size, size_multiple=self.size_multiple
+        )
+
+
+class TorchNetwork(ChromaNetwork):
+    """A trained ``ColorizationModule``; its forward in bf16 autocast if ``bf16``."""
+
+    def __init__(self, model: ColorizationModule, device: torch.device, bf16: bool = False):
+        self.model = model.to(device).eval()
+        self.name = model_name(model)
+        self.input_size, self.size_multiple = model.input_size, model.size_multiple
+        self.device, self.bf16 = device, bf16
+
+    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(l_norm).float()
+
+
+class OnnxNetwork(ChromaNetwork):
+    """An ONNX file written by ``colorizer.export``, run by onnxruntime (on CUDA if asked)."""
+
+    def __init__(self, path: str | Path, device: torch.device):
+        import onnxruntime as ort  # deferred: only this backend needs it
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise ConfigError(f"{path} is not a readable ONNX model ({first_line})") from err
+        metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.name = metadata["model"]
+        self.input_size = int(metadata["input_size"]) if metadata["input_size"] else None
+        self.size_multiple = int(metadata["size_multiple"])
+        self.device = device
+
+    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+        inputs = {ONNX_INPUT: l_norm.detach().float().cpu().numpy()}
+        (ab,) = self.session.run([ONNX_OUTPUT], inputs)
+        return torch.from_numpy(ab).to(l_norm.device)
+
+
+def model_name(model: ColorizationModule) -> str:
+    """``alpha``, ``beta``, ... : the file name of the model's module, as in ``model=alpha``."""
+    return type(model).__module__.rsplit(".", 1)[-1]
+
+
+def onnx_metadata(model: ColorizationModule, input_size: int | None, source: str) -> dict:
+    """What ``OnnxNetwork`` (or any deployment) needs to feed the exported graph."""
+    return {
+        f"{META}model": model_name(model),
+        f"{META}source": source,
+        f"{META}input": f"{ONNX_INPUT}: float32 [B, 1, H, W], CIE L (D65) as L / {L_SCALE:g} - 1",
+        f"{META}output": f"{ONNX_OUTPUT}: float32 [B, 2, H, W], CIE a, b as ab / {AB_SCALE:g}",
+        f"{META}l_scale": repr(L_SCALE),
+        f"{META}ab_scale": repr(AB_SCALE),
+        f"{META}input_size": "" if input_size is None else str(input_size),
+        f"{META}size_multiple": str(model.size_multiple),
+    }
+
+
+def read_metadata(metadata: dict[str, str], path: str | Path) -> dict[str, str]:
+    """The ``colorizer.*`` metadata of an exported model, checked against this version's."""
+    values = {key[len(META) :]: value for key, value in metadata.items() if key.startswith(META)}
+    required = ("model", "l_scale", "ab_scale", "input_size", "size_multiple")
+    if any(key not in values for key in required):
+        raise ConfigError(
+            f"{path} has no colorizer metadata: export it with python -m colorizer.export"
+        )
+    if (float(values["l_scale"]), float(values["ab_scale"])) != (L_SCALE, AB_SCALE):
+        raise ConfigError(
+            f"{path} normalises L and ab by {values['l_scale']} and {values['ab_scale']}, this "
+            f"version by {L_SCALE} and {AB_SCALE}: re-export it with this version"
+        )
+    return values
+
+
+def open_network(
+    path: str | Path, backend: str = "auto", device: torch.device | None = None, bf16: bool = False
+) -> ChromaNetwork:
+    """The network in ``path``: a ``.ckpt`` (PyTorch) or an ``.onnx`` file (onnxruntime)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend} is not one of: {', '.join(BACKENDS)}")
+    device = device or torch.device("cpu")
+    if backend == "auto":
+        backend = "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist: pass a .ckpt or .onnx file")
+    if backend == "onnx":
+        return OnnxNetwork(path, device)
+    return TorchNetwork(load_model(path), device, bf16=bf16)
+
+
+def working_shape(height: int, width: int, size: int, input_size: int | None) -> tuple[int, int]:
+    """The (h, w) the network sees for an H x W photo.
+
+    A fixed-size network sees its own square. A fully convolutional one sees the photo with
+    its aspect ratio kept and its shorter side at ``size``, the scale training crops have.
+    """
+    if input_size is not None:
+        return input_size, input_size
+    scale = size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@torch.no_grad()
+def colorize_full_resolution(
+    network: ChromaNetwork, images: list[torch.Tensor], size: int
+) -> list[torch.Tensor]:
+    """Colorize photos of any sizes, each at its own full resolution.
+
+    Args:
+        network: the backend.
+        images: uint8 ``[3, H, W]`` sRGB (a gray photo has R = G = B); colour is ignored,
+            only each photo's luminance is used.
+        size: the working size (``working_shape``).
+
+    Returns:
+        uint8 ``[3, H, W]`` sRGB on the CPU, each the size of its input, with its L.
+    """
+    lightness = [normalize_l(rgb_to_lab(image[None].to(network.device))[:, :1]) for image in images]
+    # Photos that share a working shape share a forward pass.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, l_full in enumerate(lightness):
+        groups.setdefault(working_shape(*l_full.shape[-2:], size, network.input_size), []).append(i)
+    chroma: dict[int, torch.Tensor] = {}
+    for shape, members in groups.items():
+        small = torch.cat([_resize(lightness[i], shape, antialias=True) for i in members])
+        for i, ab in zip(members, network.predict_ab(small).split(1), strict=True):
+            chroma[i] = ab
+    outputs = []
+    for i, l_full in enumerate(lightness):
+        ab_full = _resize(chroma[i], tuple(l_full.shape[-2:]), antialias=False)
+        rgb = merge_lab(l_full, ab_full, keep_lightness=True)[0]
+        outputs.append(rgb.mul(255.0).round_().to(torch.uint8).cpu())
+    return outputs
+
+
+def _resize(planes: torch.Tensor, shape: tuple[int, int], antialias: bool) -> torch.Tensor:
+    if tuple(planes.shape[-2:]) == shape:
+        return planes
+    return F.interpolate(planes, size=shape, mode="bilinear", antialias=antialias)
