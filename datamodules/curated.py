@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.base import (
+    TRAIN_CROP_SCALE,
     DataError,
     ImageDataModule,
     ImageFileDataset,
     check_fractions,
     seeded_split,
 )
+from datamodules.cache import cache_folder, cache_side, resized_copies
 from datamodules.images import (
     IMAGE_EXTENSIONS,
     ScanResult,
@@ -78,6 +80,7 @@ class CuratedDataModule(ImageDataModule):
         min_size: int = 16,
         exclude_grayscale: bool = True,
         augment: Mapping[str, Any] | None = None,
+        resized_cache: str | None = None,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
@@ -87,11 +90,17 @@ class CuratedDataModule(ImageDataModule):
         self.test_fraction = test_fraction
         self.min_size = min_size
         self.exclude_grayscale = exclude_grayscale
+        self.resized_cache = resized_cache
         self.splits: dict[str, list[Path]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self._find_splits()
+        splits, folder = dict(self.splits), None
+        if self.resized_cache is not None:
+            side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
+            splits["train"] = resized_copies(splits["train"], self.resized_cache, side)
+            folder = cache_folder(self.resized_cache, side)
         # Training crops need a source ~2x the crop (scale >= 0.35): decode JPEGs no larger.
         datasets = {
             split: ImageFileDataset(
@@ -99,8 +108,9 @@ class CuratedDataModule(ImageDataModule):
                 self.train_transform() if split == "train" else self.eval_transform(),
                 min_size=self.min_size,
                 decode_size=self.image_size * (2 if split == "train" else 1),
+                cache_folder=folder if split == "train" else None,
             )
-            for split, paths in self.splits.items()
+            for split, paths in splits.items()
         }
         self.train_set, self.val_set, self.test_set = (datasets[s] for s in SPLITS)
 

@@ -86,6 +86,7 @@ class InternetDataModule(CuratedDataModule):
         processes: int = 1,
         max_pixels: int = 89_478_485,
         retry_failed: bool = False,
+        resized_cache: str | None = None,
     ) -> None:
         self.urls = Path(os.path.abspath(Path(urls).expanduser()))
         if cache_dir is None:
@@ -101,6 +102,7 @@ class InternetDataModule(CuratedDataModule):
             min_size=min_size,
             exclude_grayscale=exclude_grayscale,
             augment=augment,
+            resized_cache=resized_cache,
         )
         self.save_hyperparameters()
         for name, value, least in (

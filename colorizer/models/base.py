@@ -115,6 +115,22 @@ class ColorizationModule(L.LightningModule):
             )
         return self.weight_sources
 
+    def apply_speed_options(self, compile: bool = False, channels_last: bool = False) -> None:
+        """Speed-ups for GPUs, applied to each network submodule (not the metrics).
+
+        ``channels_last``: the memory layout tensor cores want. ``compile``: ``torch.compile``
+        of each network in place (``nn.Module.compile`` keeps the state-dict keys, so
+        checkpoints stay loadable); never the whole LightningModule, whose compiled
+        ``toggle_optimizer`` and logging break upstream.
+        """
+        for name, module in self.named_children():
+            if name == "metrics":
+                continue
+            if channels_last:
+                module.to(memory_format=torch.channels_last)
+            if compile:
+                module.compile()
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer_class = OPTIMIZERS[self.hparams.optimizer]
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -123,10 +139,15 @@ class ColorizationModule(L.LightningModule):
         )
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        l_norm, ab_norm = split_lab(batch)
-        loss = F.mse_loss(self(l_norm).float(), ab_norm)
+        loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def training_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The loss Lightning's automatic optimization minimises, for uint8 ``[B, 3, H, W]``
+        (also what a plain PyTorch loop calls, as ``colorizer.bench`` does)."""
+        l_norm, ab_norm = split_lab(batch)
+        return F.mse_loss(self(l_norm).float(), ab_norm)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")

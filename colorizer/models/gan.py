@@ -8,6 +8,9 @@ the adversarial phase and once per batch in the L1-only pre-training phase.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,24 +113,39 @@ class GANColorizer(ColorizationModule):
         return F.binary_cross_entropy_with_logits(logits, target)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._check_size(batch)
         opt_g, opt_d = self.optimizers()
+        logs = self.optimization_step(batch, opt_g, opt_d, backward=self.manual_backward)
+        self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])
+
+    def optimization_step(
+        self,
+        batch: torch.Tensor,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None],
+    ) -> dict[str, torch.Tensor]:
+        """One batch of training: a D step (adversarial phase only), then a G step.
+
+        Lightning's ``training_step`` calls it with its optimizers and ``manual_backward``; a
+        plain PyTorch loop (``colorizer.bench``) with plain ones and ``Tensor.backward``, so
+        both run exactly this math. Returns the losses, as tensors (no host sync).
+        """
+        self._check_size(batch)
         l_norm, ab_norm = split_lab(batch)
         fake_ab = self.generator(l_norm)
         logs = {}
-
         if self.adversarial:
-            with self.toggled_optimizer(opt_d):
-                d_loss = 0.5 * (
-                    self._patch_loss(l_norm, ab_norm, real=True)
-                    + self._patch_loss(l_norm, fake_ab.detach(), real=False)
-                )
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)
-                opt_d.step()
+            d_loss = 0.5 * (
+                self._patch_loss(l_norm, ab_norm, real=True)
+                + self._patch_loss(l_norm, fake_ab.detach(), real=False)
+            )
+            opt_d.zero_grad(set_to_none=True)
+            backward(d_loss)
+            opt_d.step()
             logs["train/d_loss"] = d_loss
 
-        with self.toggled_optimizer(opt_g):
+        # The G step must not accumulate gradients into D, which it only looks through.
+        with frozen(self.discriminator):
             l1 = F.l1_loss(fake_ab.float(), ab_norm)
             g_loss = self.hparams.lambda_l1 * l1
             if self.adversarial:
@@ -135,7 +153,20 @@ class GANColorizer(ColorizationModule):
                 g_loss = g_loss + g_adv
                 logs["train/g_adv"] = g_adv
             opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            opt_g.step()
+            backward(g_loss)
+        opt_g.step()
         logs.update({"train/g_loss": g_loss, "train/l1": l1})
-        self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])
+        return logs
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Within the block, ``module``'s parameters take no gradients (then restored)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)

@@ -5,6 +5,8 @@ import sys
 import textwrap
 
 import pytest
+import torch
+from hydra.utils import instantiate
 
 from colorizer.run import train
 from tests.conftest import SMALL_MODELS
@@ -41,3 +43,14 @@ def test_checkpoint_loads_and_colorizes_in_a_fresh_process(checkpoint_of, name):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().lower() == f"{name}colorizer"
+
+
+@pytest.mark.parametrize("name", list(SMALL_MODELS))
+def test_speed_options_keep_checkpoints_compatible(make_cfg, name):
+    """compile=true / channels_last=true must not rename the state dict (checkpoints load)."""
+    model = instantiate(make_cfg(*SMALL_MODELS[name]).model)
+    keys = list(model.state_dict())
+    model.apply_speed_options(compile=True, channels_last=True)
+    assert list(model.state_dict()) == keys
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)

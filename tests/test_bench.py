@@ -1,0 +1,73 @@
+"""colorizer.bench: runs briefly, reports every measure; timing itself is never asserted."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from colorizer.bench import SameBatch, _plain_step, bench
+from tests.conftest import SMALL_MODELS
+
+BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
+TRAINING_KEYS = ("train_images_per_s", "plain_images_per_s", "infer_images_per_s")
+DATA_KEYS = ("data_images_per_s", "data_uncached_images_per_s", "data_workers_images_per_s")
+DATA_KEYS += ("reference_data_images_per_s",)
+
+
+def test_cli_writes_bench_json_with_every_measure(cli, tmp_path):
+    result = cli("colorizer.bench", *BRIEF, "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert (report["model"], report["data"], report["image_size"]) == ("alpha", "curated", 128)
+    for key in (*TRAINING_KEYS, *DATA_KEYS, "data_speedup", "data_speedup_uncached"):
+        assert report[key] > 0 and math.isfinite(report[key]), key
+    assert report["lightning_overhead"] == pytest.approx(  # one pair of runs (repeats=1)
+        report["plain_images_per_s"] / report["train_images_per_s"]
+    )
+    assert report["data_speedup"] == pytest.approx(
+        report["data_images_per_s"] / report["reference_data_images_per_s"]
+    )
+    assert (tmp_path / "run" / "resized_cache").is_dir()  # ours reads a resized copy
+    assert "lightning_overhead" in result.stdout and "data_speedup" in result.stdout
+
+
+def test_gan_benchmark_runs_both_steps_without_image_files(make_cfg):
+    report = bench(make_cfg(*SMALL_MODELS["gan"], "data=synthetic", *BRIEF, config_name="bench"))
+    assert all(report[key] > 0 for key in TRAINING_KEYS)
+    assert report["data_images_per_s"] is None and "needs image files" in report["data_skipped"]
+
+
+@pytest.mark.parametrize("name", ["alpha", "gan"])
+def test_plain_loop_does_the_same_math_as_lightning(make_cfg, name):
+    """One step of each loop from the same weights gives the same weights."""
+    cfg = make_cfg(*SMALL_MODELS[name], "data=synthetic", config_name="bench")
+    batch = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    L.seed_everything(0)
+    initial = instantiate(cfg.model).state_dict()
+    models = []
+    for loop in ("lightning", "plain"):
+        L.seed_everything(0)
+        model = instantiate(cfg.model)
+        loader = DataLoader(SameBatch(batch, 1), batch_size=None)
+        if loop == "lightning":
+            trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)  # fmt: skip
+            trainer.fit(model, train_dataloaders=loader)
+        else:
+            optimizers = model.configure_optimizers()
+            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+            next(iter(loader))  # the same draws from the global RNG as Lightning's loader
+            _plain_step(model.train(), optimizers)(batch)
+        models.append(model)
+    changed = 0
+    for (key, trained), (_, plain) in zip(
+        models[0].state_dict().items(), models[1].state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(trained, plain, msg=key)
+        changed += not torch.equal(trained, initial[key])
+    assert changed > 0  # both really trained
