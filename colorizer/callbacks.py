@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
+from colorizer.errors import ConfigError, TrainingDiverged
+
 
 class SampleGrids(L.Callback):
     """Gray | prediction | truth grids (one row per image) to every active logger.
@@ -150,3 +152,60 @@ class StepProgressBar(RichProgressBar):
         if self.progress is not None and self.train_progress_bar_id is not None:
             description = self._get_train_description(trainer.current_epoch)
             self.progress.update(self.train_progress_bar_id, description=description)
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops training at a NaN or infinite loss, and never lets one into a checkpoint.
+
+    The model records on the device the first step at which each loss was not finite
+    (``track_finite``); this reads it every ``check_every_n_steps`` steps, before every
+    validation and at the end, so a GPU is not synchronised with the host every step. Before
+    any checkpoint is written it also checks the weights themselves (an optimizer step on a
+    huge gradient can make them infinite before any loss shows it): a diverged state is never
+    saved, so the checkpoints on disk are the last good ones. Raises ``TrainingDiverged``.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        if not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
+            raise ConfigError(
+                f"callbacks.nonfinite.check_every_n_steps={check_every_n_steps!r} must be >= 1"
+            )
+        self.check_every_n_steps = check_every_n_steps
+        self._checked_at = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step - self._checked_at >= self.check_every_n_steps:
+            self._check_losses(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":  # validation within fit; not trainer.validate()
+            self._check_losses(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check_losses(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._check_losses(trainer, pl_module)
+        bad = [name for name, p in pl_module.named_parameters() if not p.isfinite().all()]
+        if bad:
+            self._stop(trainer, f"{len(bad)} weight tensors (first: {bad[0]}) became NaN or "
+                       f"infinite by step {trainer.global_step}")  # fmt: skip
+
+    def _check_losses(self, trainer, pl_module) -> None:
+        self._checked_at = trainer.global_step
+        first = pl_module.first_nonfinite_loss() if hasattr(pl_module, "track_finite") else None
+        if first is not None:
+            step, name = first
+            self._stop(trainer, f"{name} was NaN or infinite at step {step}")
+
+    @staticmethod
+    def _stop(trainer, what: str) -> None:
+        saved = [
+            getattr(trainer.checkpoint_callback, attribute, "")
+            for attribute in ("last_model_path", "best_model_path")
+        ]
+        kept = next((path for path in saved if path and Path(path).is_file()), None)
+        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved"
+        raise TrainingDiverged(
+            f"training diverged: {what}; stopped, {where}. Lower model.lr and train again"
+        )

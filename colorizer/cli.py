@@ -27,7 +27,7 @@ from rich import progress
 from rich.console import Console
 from rich.text import Text
 
-from colorizer.errors import ConfigError
+from colorizer.errors import ConfigError, TrainingDiverged
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
@@ -139,6 +139,9 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> N
     def guarded(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
+        except TrainingDiverged as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(1) from None  # not a usage error: the run itself failed
         except Exception as err:
             user_error = _root_user_error(err)
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -84,6 +84,7 @@ class ColorizationModule(L.LightningModule):
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
         self.save_hyperparameters()
         self.weight_sources: dict[str, str] = {}
+        self._first_nonfinite: dict[str, torch.Tensor] = {}
         self.metrics = nn.ModuleDict()
         for stage in EVAL_STAGES:
             self.metrics[stage] = colorization_metrics().clone(prefix=f"{stage}/")
@@ -141,7 +142,27 @@ class ColorizationModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
+        self.track_finite({"train/loss": loss})
         return loss
+
+    def track_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Remember the first step at which each loss was NaN or infinite, on the device.
+
+        No host sync: ``first_nonfinite_loss()`` reads the result when a check is due
+        (``colorizer.callbacks.NonFiniteGuard``).
+        """
+        for name, loss in losses.items():
+            first = self._first_nonfinite.get(name)
+            if first is None:
+                first = torch.full((), -1, dtype=torch.long, device=loss.device)
+            bad = ~torch.isfinite(loss.detach()) & (first < 0)
+            self._first_nonfinite[name] = torch.where(bad, self.global_step, first)
+
+    def first_nonfinite_loss(self) -> tuple[int, str] | None:
+        """(step, loss name) of the earliest non-finite loss seen, or None (reads the device)."""
+        seen = [(int(step), name) for name, step in self._first_nonfinite.items()]
+        seen = [(step, name) for step, name in seen if step >= 0]
+        return min(seen) if seen else None
 
     def training_loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The loss Lightning's automatic optimization minimises, for uint8 ``[B, 3, H, W]``

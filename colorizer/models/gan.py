@@ -116,6 +116,7 @@ class GANColorizer(ColorizationModule):
         opt_g, opt_d = self.optimizers()
         logs = self.optimization_step(batch, opt_g, opt_d, backward=self.manual_backward)
         self.log_dict(logs, prog_bar=True, batch_size=batch.shape[0])
+        self.track_finite(logs)
 
     def optimization_step(
         self,
