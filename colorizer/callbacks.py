@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -209,3 +211,35 @@ class NonFiniteGuard(L.Callback):
         raise TrainingDiverged(
             f"training diverged: {what}; stopped, {where}. Lower model.lr and train again"
         )
+
+
+class RandomStates(L.Callback):
+    """Puts the random number generators' states into checkpoints and restores them on resume.
+
+    Lightning saves the model, optimizers and loops but not the RNGs, which the device
+    augmentation, dropout and sampling draw from: without them a resumed run goes on with
+    different random numbers than one that never stopped. Stored as tensors and plain values,
+    so checkpoints still load with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # The legacy global generator: what libraries and seed_everything use.
+        name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, position, has_gauss, cached = state_dict["numpy"]
+        numpy_state = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+        np.random.set_state(numpy_state)  # noqa: NPY002
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,13 @@ def _instantiate_all(section: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (section or {}).values() if node is not None]
 
 
+def _strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, str]:
+    """DDP for the GAN must look for unused parameters: its D step does not use G's."""
+    if cfg.trainer.get("strategy") == "ddp" and not model.automatic_optimization:
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns what it writes to metrics.json."""
     run_dir = Path(cfg.paths.output_dir)
@@ -44,7 +52,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.apply_speed_options(compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_strategy_for(cfg, model)
+    )
+    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only)")
     # The whole composed config (Hydra's own settings aside), so a run can be repeated from its log.
     job_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in loggers:
@@ -64,7 +76,7 @@ def _fit_and_test(
     datamodule: L.LightningDataModule,
     run_dir: Path,
 ) -> dict[str, Any]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from(cfg.get("ckpt_path"), run_dir))
     global_step = trainer.global_step
     checkpoint = trainer.checkpoint_callback
     best = None
@@ -84,11 +96,29 @@ def _fit_and_test(
         "run_dir": str(run_dir.resolve()),
         **{key: float(value) for key, value in {**val_metrics, **test_metrics}.items()},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # under DDP every process has the same, synchronised summary
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         print_summary(summary)
     return summary
+
+
+def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """Check ``ckpt_path``: a checkpoint file, or ``last`` (the newest ``last*.ckpt`` of this
+    run directory: the end-of-validation ``last.ckpt`` or the periodic ``last-periodic.ckpt``)."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        folder = run_dir / "checkpoints"
+        if not any(folder.glob("last*.ckpt")):
+            raise ConfigError(
+                f"ckpt_path=last, but {folder} holds no last*.ckpt: add "
+                "hydra.run.dir=RUN_DIR, the directory of the run to continue"
+            )
+        return "last"
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file or last")
+    return ckpt_path
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
@@ -93,6 +93,40 @@ def _rank(seed: int, name: str) -> bytes:
     return hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
 
 
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. seed, epoch, index)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class EpochShuffle(Sampler[tuple[int, int]]):
+    """Training order as a pure function of ``(seed, epoch)``; yields ``(epoch, index)`` keys.
+
+    Lightning calls ``set_epoch`` at every epoch start, so a run resumed at epoch k sees the
+    same order as one that never stopped, and the dataset can draw each sample's random crop
+    from ``(seed, epoch, index)``: the same whatever the number of workers or restarts.
+    """
+
+    def __init__(self, length: int, seed: int, epoch: int = 0) -> None:
+        self.length, self.seed, self.epoch = length, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derived_seed("order", self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=generator).tolist()
+        return ((self.epoch, index) for index in order)
+
+
+def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
+    """``(epoch, index)`` of a dataset key: an index, or the ``(epoch, index)`` of EpochShuffle."""
+    return (None, key) if isinstance(key, int) else (key[0], key[1])
+
+
 class ImageFileDataset(Dataset[torch.Tensor]):
     """Image files decoded with :func:`load_rgb`, then cropped; items are uint8 ``[3, S, S]``.
 
@@ -108,8 +142,10 @@ class ImageFileDataset(Dataset[torch.Tensor]):
         min_size: int = 16,
         decode_size: int | None = None,
         cache_folder: Path | None = None,
+        seed: int | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.seed = seed
         self.transform = transform
         self.min_size = min_size
         self.decode_size = decode_size
@@ -119,7 +155,16 @@ class ImageFileDataset(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        epoch, index = split_key(key)
+        if epoch is None or self.seed is None:
+            return self._load(index)
+        # The random crop of (epoch, index) is the same in every run, worker and restart.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed("crop", self.seed, epoch, index))
+            return self._load(index)
+
+    def _load(self, index: int) -> torch.Tensor:
         for offset in range(len(self.paths)):
             candidate = (index + offset) % len(self.paths)
             if candidate in self._failed:
@@ -151,9 +196,10 @@ class ImageDataModule(L.LightningDataModule):
         image_size: side S of the square crops, in pixels.
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0 decodes in the main process).
-        seed: seeds the split, the shuffle order and, through the loader's generator, the
-            workers' crop RNG; with ``num_workers=0`` cropping uses the global torch RNG,
-            which ``lightning.seed_everything`` seeds (as does the device augmentation).
+        seed: seeds the split, the training order of each epoch and each image's random
+            crop in each epoch (``EpochShuffle``): the same whatever the number of workers,
+            and after a resume. The device augmentation uses the global torch RNG, which
+            ``lightning.seed_everything`` seeds and checkpoints carry (``RandomStates``).
         augment: keyword arguments of :class:`DeviceAugmentation` (``hflip``, ``degrees``,
             ``zoom``, ``shear``) for training batches; None: no augmentation beyond the crop.
     """
@@ -217,6 +263,14 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[torch.Tensor]:
         return self._loader(self.test_set, "test")
 
+    def _epoch(self) -> int:
+        """The epoch training (re)starts at: Lightning creates the loader's first iterator,
+        which worker processes start filling at once, before it calls ``set_epoch``, so a
+        resumed run's sampler must begin at the restored epoch, not at 0."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+
     def _loader(self, dataset: Dataset[torch.Tensor] | None, split: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} dataloader")
@@ -224,8 +278,8 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            # A fixed generator makes the shuffle and the workers' base seeds reproducible.
+            sampler=EpochShuffle(len(dataset), self.seed, self._epoch()) if train else None,
+            # A fixed generator makes the workers' base seeds reproducible.
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             # Dropping the ragged last batch keeps batch statistics steady, but must never
             # drop a whole epoch of a tiny dataset.

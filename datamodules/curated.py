@@ -109,6 +109,7 @@ class CuratedDataModule(ImageDataModule):
                 min_size=self.min_size,
                 decode_size=self.image_size * (2 if split == "train" else 1),
                 cache_folder=folder if split == "train" else None,
+                seed=self.seed,
             )
             for split, paths in splits.items()
         }

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import DataError, ImageDataModule
+from datamodules.base import DataError, ImageDataModule, split_key
 
 SCENE_CLASSES = ("grass", "sand", "disc", "square", "stripes")
 GRASS, SAND, DISC, SQUARE, STRIPES = range(len(SCENE_CLASSES))
@@ -111,7 +111,8 @@ class SyntheticScenes(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        _, index = split_key(key)  # a scene is the same in every epoch
         if not 0 <= index < self.length:
             raise IndexError(f"scene {index} out of range for {self.length} scenes")
         generator = torch.Generator().manual_seed(scene_seed(self.seed, self.split, index))

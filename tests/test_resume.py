@@ -1,0 +1,87 @@
+"""Resuming: ckpt_path=last continues a run exactly, also after a SIGKILL mid-epoch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from colorizer.errors import ConfigError
+from colorizer.run import train
+from tests.conftest import assert_one_line_error
+
+# Epoch-based, deterministic, with worker processes and device augmentation (flips), so
+# the order, the crops and the flips must all be restored for the runs to agree.
+EPOCHS = [
+    "model=alpha", "model.optimizer=adam", "data=curated", "data.image_size=32",
+    "data.batch_size=2", "data.num_workers=2", "logger=none", "trainer.accelerator=cpu",
+    "trainer.deterministic=true", "trainer.max_steps=-1", "trainer.val_check_interval=1.0",
+    "trainer.check_val_every_n_epoch=1", "trainer.num_sanity_val_steps=0",
+]  # fmt: skip
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return state["state_dict"]
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path):
+    whole = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", "hydra.run.dir=unused"))
+    whole_weights = final_weights(tmp_path / "run")
+    (tmp_path / "run").rename(tmp_path / "whole")
+
+    first = train(make_cfg(*EPOCHS, "trainer.max_epochs=1"))
+    assert first["global_step"] == whole["global_step"] // 2
+    resumed = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert resumed["global_step"] == whole["global_step"]
+    for key in ("val/psnr", "val/loss", "test/psnr", "test/mse", "test/cf"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key
+    for name, weights in final_weights(tmp_path / "run").items():
+        torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli):
+    with pytest.raises(ConfigError, match="holds no last\\*.ckpt: add hydra.run.dir=RUN_DIR"):
+        train(make_cfg(*EPOCHS, "ckpt_path=last"))
+    result = cli("colorizer.run", *EPOCHS, "ckpt_path=missing.ckpt")
+    assert_one_line_error(result, "ckpt_path=missing.ckpt does not exist")
+
+
+def test_killed_run_resumes_from_its_periodic_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "colorizer.run", "model=alpha", "data=synthetic",
+        "data.num_train=4096", "data.batch_size=4", "data.image_size=32", "logger=none",
+        "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
+        "callbacks.periodic.every_n_train_steps=5", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    periodic = run / "checkpoints" / "last-periodic.ckpt"
+    process = subprocess.Popen([*args, "trainer.max_steps=100000"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if periodic.is_file() and torch.load(periodic, weights_only=True)["global_step"] >= 10:
+                break  # (Lightning replaces checkpoint files atomically: never half-written)
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)  # no chance to save anything more
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = torch.load(periodic, weights_only=True)["global_step"]
+    assert killed_at >= 10 and not (run / "metrics.json").exists()
+
+    target = f"trainer.max_steps={killed_at + 20}"
+    resumed = subprocess.run([*args, target, "ckpt_path=last"], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {periodic}" in resumed.stderr
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["global_step"] == killed_at + 20
