@@ -132,6 +132,22 @@ def image_progress(console: Console) -> progress.Progress:
     )
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
+
+
+def out_of_memory_hint(err: BaseException) -> str:
+    """The one line for an out-of-memory error: where, and the settings that shrink memory."""
+    where = "on the GPU" if isinstance(err, torch.OutOfMemoryError) else "in RAM"
+    return (
+        f"out of memory {where}: lower data.batch_size or data.image_size "
+        "(on a GPU also trainer=gpu: bf16 halves activations)"
+    )
+
+
 def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> None:
     """Run ``task`` as a Hydra app on ``conf/<config_name>.yaml`` with one-line user errors."""
 
@@ -143,6 +159,8 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> N
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(1) from None  # not a usage error: the run itself failed
         except Exception as err:
+            if is_out_of_memory(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                fail(out_of_memory_hint(err))
             user_error = _root_user_error(err)
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -76,7 +77,16 @@ def _fit_and_test(
     datamodule: L.LightningDataModule,
     run_dir: Path,
 ) -> dict[str, Any]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from(cfg.get("ckpt_path"), run_dir))
+    checkpoint_path = resume_from(cfg.get("ckpt_path"), run_dir, model)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path)
+    except RuntimeError as err:
+        if "Error(s) in loading state_dict" not in str(err):
+            raise
+        raise ConfigError(
+            f"ckpt_path={checkpoint_path} was trained with other model settings "
+            f"({_hparams_diff(checkpoint_path, model)}): use the settings it was trained with"
+        ) from err
     global_step = trainer.global_step
     checkpoint = trainer.checkpoint_callback
     best = None
@@ -103,22 +113,47 @@ def _fit_and_test(
     return summary
 
 
-def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """Check ``ckpt_path``: a checkpoint file, or ``last`` (the newest ``last*.ckpt`` of this
-    run directory: the end-of-validation ``last.ckpt`` or the periodic ``last-periodic.ckpt``)."""
+def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path``, or for ``last`` the newest ``last*.ckpt``
+    of this run directory (the validation-time ``last.ckpt`` or ``last-periodic.ckpt``).
+    Refuses, in one line, a missing file and a checkpoint of another architecture."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
         folder = run_dir / "checkpoints"
-        if not any(folder.glob("last*.ckpt")):
+        candidates = list(folder.glob("last*.ckpt"))
+        if not candidates:
             raise ConfigError(
                 f"ckpt_path=last, but {folder} holds no last*.ckpt: add "
                 "hydra.run.dir=RUN_DIR, the directory of the run to continue"
             )
-        return "last"
+        ckpt_path = str(max(candidates, key=lambda path: path.stat().st_mtime_ns))
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file or last")
+    saved = _checkpoint(ckpt_path).get("colorizer_model", "")
+    ours = f"{type(model).__module__}:{type(model).__qualname__}"
+    if saved and saved != ours:
+        theirs = saved.split(":")[0].rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is a {theirs} checkpoint, but this run builds "
+            f"model={type(model).__module__.rsplit('.', 1)[-1]}: add model={theirs}"
+        )
     return ckpt_path
+
+
+def _checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's contents, memory-mapped (tensors are not read unless used)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _hparams_diff(path: str, model: L.LightningModule) -> str:
+    saved = _checkpoint(path).get("hyper_parameters", {})
+    differing = [
+        f"model.{key}={saved[key]!r} there, {value!r} here"
+        for key, value in model.hparams.items()
+        if key in saved and saved[key] != value
+    ]
+    return "; ".join(differing) or "different layer shapes"
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -1,0 +1,42 @@
+"""A walk through the mistakes a user can make: each ends in one line naming the fix, exit 2."""
+
+import pytest
+
+from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+
+MISTAKES = {
+    "unknown config choice": (["model=nope"], "Could not find 'model/nope'"),
+    "unknown key": (["model=alpha", "model.depthh=3"], "model.depthh"),
+    "missing required key": (["data=coco"], "data.root is required: add data.root=VALUE"),
+    "wrong type": (["model=alpha", "model.lr=fast"], "model.lr must be a positive number"),
+    "bad value": (["model=alpha", "data.batch_size=0"], "data.batch_size=0 must be an integer"),
+    "out of memory": (
+        ["model=alpha", "data=synthetic", "data.image_size=200000"],  # a 480 GB batch
+        "out of memory in RAM: lower data.batch_size or data.image_size",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_mistake_is_one_line(cli, mistake):
+    overrides, fragment = MISTAKES[mistake]
+    result = cli("colorizer.run", *overrides, "trainer=debug", "logger=none")
+    assert_one_line_error(result, fragment)
+
+
+def test_empty_dataset_says_so(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = cli("colorizer.run", "model=alpha", "data.root=empty", "trainer=debug")
+    assert_one_line_error(result, "empty contains no image files", "add images or fix data.root")
+
+
+def test_checkpoint_of_another_model_or_other_settings(cli, checkpoint_of):
+    gan = checkpoint_of("gan")
+    result = cli("colorizer.run", "model=alpha", *QUICK, f"ckpt_path={gan}")
+    assert_one_line_error(
+        result, "is a gan checkpoint, but this run builds model=alpha: add model=gan"
+    )
+    wider = [*SMALL_MODELS["gan"], "model.base_channels=32"]
+    result = cli("colorizer.run", *wider, *QUICK, f"ckpt_path={gan}")
+    assert_one_line_error(result, "was trained with other model settings",
+                          "model.base_channels=16 there, 32 here")  # fmt: skip
