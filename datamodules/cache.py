@@ -1,9 +1,12 @@
 """A pre-resized copy of the training images, made once and reused by every run and epoch.
 
-Decoding a ~1024 px original costs ~7 ms of a worker's time on a 2-core CPU; a copy whose
-shorter side is just large enough for the training crops decodes ~20x faster (SPEC §6). The
-copy is keyed by each original's path, size and modification time plus the resolution, so an
-edited photo is re-made and several image sizes can share one folder.
+Decoding a ~1024 px original costs ~7 ms of a worker's time on a 2-core CPU; a copy just
+large enough for the training crops decodes ~10-20x faster (SPEC §6). "Large enough" is an
+area: a random crop takes a fraction of the image's area, so a copy holds ``side²`` pixels
+whatever its aspect ratio (a 16:9 photo is not kept at 1.8x the pixels of a square one),
+with the shorter side never below the crop size. The copy is keyed by each original's path,
+size and modification time, in a folder per resolution, so an edited photo is re-made and
+several image sizes can share one cache.
 """
 
 from __future__ import annotations
@@ -28,34 +31,43 @@ CACHE_QUALITY = 95  # JPEG quality; with 4:4:4 chroma, as chroma is what the mod
 
 
 def cache_side(image_size: int, min_crop_scale: float) -> int:
-    """Shorter side that lets a random crop of ``min_crop_scale`` of the area reach
+    """Side of the square whose area lets a square crop of ``min_crop_scale`` of it reach
     ``image_size`` without being enlarged."""
     return math.ceil(image_size / math.sqrt(min_crop_scale))
 
 
-def cache_folder(cache_dir: str | Path, side: int) -> Path:
-    """Where the copies at ``side`` px live (each resolution has its own folder)."""
-    return Path(cache_dir).expanduser().resolve() / f"side{side}"
+def cache_folder(cache_dir: str | Path, side: int, min_side: int) -> Path:
+    """Where the copies of ``side``² pixels live (each resolution has its own folder)."""
+    return Path(cache_dir).expanduser().resolve() / f"area{side}_min{min_side}"
 
 
-def resized_copies(paths: Sequence[Path], cache_dir: str | Path, side: int) -> list[Path]:
-    """A copy of each image with its shorter side reduced to ``side`` (never enlarged),
-    made if missing; an image that cannot be read keeps its original path (the dataset
-    skips it as it would have).
+def copy_size(height: int, width: int, side: int, min_side: int) -> tuple[int, int]:
+    """(height, width) of the copy: ``side``² pixels at the same aspect ratio, the shorter
+    side at least ``min_side``, never enlarged."""
+    scale = min(1.0, max(side / math.sqrt(height * width), min_side / min(height, width)))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resized_copies(
+    paths: Sequence[Path], cache_dir: str | Path, side: int, min_side: int
+) -> list[Path]:
+    """A copy of each image reduced to ``copy_size`` (never enlarged), made if missing; an
+    image that cannot be read keeps its original path (the dataset skips it as it would
+    have).
 
     Returns:
         The copies' paths, in the order of ``paths``.
     """
-    folder = cache_folder(cache_dir, side)
+    folder = cache_folder(cache_dir, side, min_side)
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / f"{_key(path)}.jpg" for path in paths]
     missing = [(p, t) for p, t in zip(paths, targets, strict=True) if not t.exists()]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        made = list(pool.map(lambda job: _make_copy(*job, side=side), missing))
+        made = list(pool.map(lambda job: _make_copy(*job, side, min_side), missing))
     failed = {source for (source, _), ok in zip(missing, made, strict=True) if not ok}
     log.info(
-        "resized cache %s: %d images at %d px (%d made in %.1f s, %d reused)",
+        "resized cache %s: %d images at %d² px (%d made in %.1f s, %d reused)",
         folder, len(paths), side, len(missing) - len(failed), time.perf_counter() - start,
         len(paths) - len(missing),
     )  # fmt: skip
@@ -68,14 +80,16 @@ def _key(path: Path) -> str:
     return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
 
 
-def _make_copy(source: Path, target: Path, side: int) -> bool:
+def _make_copy(source: Path, target: Path, side: int, min_side: int) -> bool:
     try:
+        # The copy's shorter side is at most ``side``: a JPEG decoded no smaller holds enough.
         image = load_rgb(source, min_size=1, decode_size=side)
     except (SkippedImage, OSError) as error:
         log.warning("not cached (%s): the original will be read", error)
         return False
-    if min(image.shape[1:]) > side:
-        image = TF.resize(image, side, antialias=True)
+    size = copy_size(image.shape[1], image.shape[2], side, min_side)
+    if size != tuple(image.shape[1:]):
+        image = TF.resize(image, list(size), antialias=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         pixels = Image.fromarray(image.permute(1, 2, 0).numpy())

@@ -99,8 +99,10 @@ class CuratedDataModule(ImageDataModule):
         splits, folder = dict(self.splits), None
         if self.resized_cache is not None:
             side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
-            splits["train"] = resized_copies(splits["train"], self.resized_cache, side)
-            folder = cache_folder(self.resized_cache, side)
+            splits["train"] = resized_copies(
+                splits["train"], self.resized_cache, side, min_side=self.image_size
+            )
+            folder = cache_folder(self.resized_cache, side, min_side=self.image_size)
         # Training crops need a source ~2x the crop (scale >= 0.35): decode JPEGs no larger.
         datasets = {
             split: ImageFileDataset(

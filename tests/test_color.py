@@ -42,6 +42,15 @@ def test_uint8_input_equals_float_input():
     )
 
 
+def test_uint8_route_matches_kornia_on_both_pieces_of_cie_f():
+    # Every dark triple (XYZ below CIE's epsilon, where f is a line) and a grid of the rest.
+    dark = torch.cartesian_prod(*[torch.arange(40, dtype=torch.uint8)] * 3)
+    grid = torch.cartesian_prod(*[torch.arange(0, 256, 5, dtype=torch.uint8)] * 3)
+    pixels = torch.cat([dark, grid]).T[None, :, :, None].contiguous()  # [1, 3, N, 1]
+    expected = kornia.color.rgb_to_lab(pixels.double() / 255.0)
+    torch.testing.assert_close(color.rgb_to_lab(pixels).double(), expected, atol=1e-4, rtol=0)
+
+
 def test_round_trip_rgb_lab_rgb():
     rgb = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     l_norm, ab_norm = color.split_lab(rgb)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.cache import cache_folder, cache_side, resized_copies
+from datamodules.cache import cache_folder, cache_side, copy_size, resized_copies
 from datamodules.curated import CuratedDataModule
 from datamodules.images import load_rgb
 
@@ -19,6 +19,16 @@ from datamodules.images import load_rgb
 def test_cache_side_is_what_the_smallest_crop_needs() -> None:
     assert cache_side(128, 0.35) == 217  # a crop of 35 % of the area: 0.59 of the side
     assert cache_side(256, 1.0) == 256
+
+
+def test_copies_hold_the_same_area_whatever_their_aspect_ratio() -> None:
+    assert copy_size(1000, 1000, side=433, min_side=256) == (433, 433)
+    height, width = copy_size(576, 1024, side=433, min_side=256)  # 16:9: fewer rows
+    assert (height, width) == (325, 577) and abs(height * width - 433**2) < 433
+    assert copy_size(1024, 576, side=433, min_side=256) == (577, 325)  # portrait
+    # A panorama keeps its shorter side at the crop size; small images are never enlarged.
+    assert copy_size(1000, 4000, side=433, min_side=256) == (256, 1024)
+    assert copy_size(300, 400, side=433, min_side=256) == (300, 400)
 
 
 def test_copies_are_made_once_and_remade_when_the_photo_changes(
@@ -29,22 +39,23 @@ def test_copies_are_made_once_and_remade_when_the_photo_changes(
     broken = tmp_path / "photos" / "broken.jpg"
     broken.write_bytes(truncated_jpeg)
     with caplog.at_level(logging.INFO, logger="datamodules"):
-        copies = resized_copies([big, small, broken], tmp_path / "cache", side=200)
-    assert "3 images at 200 px (2 made in" in caplog.text and "0 reused" in caplog.text
+        copies = resized_copies([big, small, broken], tmp_path / "cache", side=200, min_side=64)
+    assert "3 images at 200² px (2 made in" in caplog.text and "0 reused" in caplog.text
     assert copies[2] == broken  # unreadable: left to the dataset, which skips it
-    assert all(copy.parent == cache_folder(tmp_path / "cache", 200) for copy in copies[:2])
-    assert Image.open(copies[0]).size == (300, 200)  # shorter side reduced to 200
+    folder = cache_folder(tmp_path / "cache", 200, 64)
+    assert all(copy.parent == folder for copy in copies[:2])
+    assert Image.open(copies[0]).size == (245, 163)  # 200² pixels at 3:2
     assert Image.open(copies[1]).size == (150, 100)  # never enlarged
     original, copy = load_rgb(small).float(), load_rgb(copies[1]).float()
     assert (original - copy).abs().mean() < 2.0  # 4:4:4 JPEG at quality 95: nearly lossless
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="datamodules"):
-        assert resized_copies([big, small], tmp_path / "cache", side=200) == copies[:2]
+        assert resized_copies([big, small], tmp_path / "cache", 200, 64) == copies[:2]
     assert "(0 made in" in caplog.text and "2 reused" in caplog.text
     later = os.stat(big).st_mtime_ns + 10**9
     os.utime(big, ns=(later, later))  # edited: a new copy, under a new name
-    assert resized_copies([big], tmp_path / "cache", side=200)[0] != copies[0]
+    assert resized_copies([big], tmp_path / "cache", 200, 64)[0] != copies[0]
 
 
 def test_datamodule_trains_from_the_cache(tmp_path: Path, write_photos) -> None:
@@ -56,7 +67,7 @@ def test_datamodule_trains_from_the_cache(tmp_path: Path, write_photos) -> None:
         resized_cache=str(cache),
     )  # fmt: skip
     module.setup("fit")
-    folder = cache_folder(cache, cache_side(64, 0.35))
+    folder = cache_folder(cache, cache_side(64, 0.35), 64)
     assert module.train_set.paths and all(p.parent == folder for p in module.train_set.paths)
     assert all(p.parent != folder for p in module.val_set.paths)  # evaluation reads originals
     batch = next(iter(module.train_dataloader()))
