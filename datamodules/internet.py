@@ -10,8 +10,10 @@ Cache layout (``cache_dir``)::
 The shard tables are the manifest: a URL that has a row in a complete shard is never fetched
 again (a failed one only with ``retry_failed=True``), so re-running a list downloads nothing
 and a changed list only its new URLs, each run adding a shard (img2dataset's "extend" mode).
-URLs are untrusted (SPEC §7): only http(s) ones reach img2dataset, each request has a timeout,
-and images over ``max_pixels`` are refused from their header, before OpenCV decodes them.
+URLs are untrusted (SPEC §7): only http(s) ones reach img2dataset, redirects lead only to
+http(s), each download has a size and a time limit (:mod:`datamodules.url_guard`) besides
+urllib's per-request timeout, and images over ``max_pixels`` are refused from their header,
+before OpenCV decodes them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class InternetDataModule(CuratedDataModule):
         download_size: shorter side of the cached images (larger ones are shrunk, smaller
             kept); None keeps the original size. Changing it affects only new downloads.
         timeout: seconds each connect / read may take (urllib's, so per step, not total).
+        max_download_mb: a response larger than this many megabytes (10^6 bytes) is refused
+            ("too large"), by its Content-Length or as soon as more arrives.
+        max_download_seconds: a download (redirects included) whose body is not complete
+            this long after the request started is abandoned ("timeout").
         retries: extra tries of a failed request within one run.
         threads, processes: img2dataset's download threads per process, and processes.
         max_pixels: larger images are refused ("too large") before they are decoded.
@@ -81,6 +87,8 @@ class InternetDataModule(CuratedDataModule):
         augment: Mapping[str, Any] | None = None,
         download_size: int | None = 512,
         timeout: float = 10,
+        max_download_mb: float = 50,
+        max_download_seconds: float = 60,
         retries: int = 2,
         threads: int = 16,
         processes: int = 1,
@@ -108,6 +116,8 @@ class InternetDataModule(CuratedDataModule):
         for name, value, least in (
             ("download_size", download_size or image_size, image_size),
             ("timeout", timeout, 1e-3),
+            ("max_download_mb", max_download_mb, 1e-3),
+            ("max_download_seconds", max_download_seconds, 1e-3),
             ("retries", retries, 0),
             ("threads", threads, 1),
             ("processes", processes, 1),
@@ -118,6 +128,8 @@ class InternetDataModule(CuratedDataModule):
         self.cache_dir = Path(os.path.abspath(Path(cache_dir).expanduser()))
         self.shards = self.cache_dir / "shards"
         self.max_pixels = max_pixels
+        self.max_download_bytes = int(max_download_mb * 1e6)
+        self.max_download_seconds = max_download_seconds
         self.retry_failed = retry_failed
         # img2dataset.download arguments; the cache is re-encoded JPEG at download_size.
         self.download_options = {
@@ -158,13 +170,18 @@ class InternetDataModule(CuratedDataModule):
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         import img2dataset
 
+        from datamodules.url_guard import guarded_downloads
+
         self.shards.mkdir(parents=True, exist_ok=True)
         before = set(self.shards.glob("*_stats.json"))
         # Parquet, not txt: img2dataset parses txt lists as CSV, which splits URLs at commas.
         pending = self.cache_dir / "pending_urls.parquet"
         pd.DataFrame({"url": urls}).to_parquet(pending)
         log.info("internet: fetching %d URLs into %s", len(urls), self.shards)
-        with download_scope(self.max_pixels):
+        with (
+            download_scope(self.max_pixels),
+            guarded_downloads(self.max_download_bytes, self.max_download_seconds),
+        ):
             img2dataset.download(
                 url_list=str(pending),
                 input_format="parquet",

@@ -21,8 +21,10 @@ class Response:
     status: int = 200
     body: bytes = b""
     content_type: str = "image/jpeg"
-    location: str | None = None  # for redirects
+    location: str | None = None  # for redirects; "{port}" stands for the server's port
     delay: float = 0.0  # seconds to wait before answering (past the client's timeout)
+    drip: float = 0.0  # seconds between 64-byte pieces of the body (each within the timeout)
+    length: bool = True  # send Content-Length; False: the body ends when the connection does
 
 
 class ImageServer:
@@ -50,11 +52,17 @@ class ImageServer:
                 try:
                     self.send_response(response.status)
                     self.send_header("Content-Type", response.content_type)
-                    self.send_header("Content-Length", str(len(response.body)))
+                    if response.length:
+                        self.send_header("Content-Length", str(len(response.body)))
                     if response.location is not None:
                         self.send_header("Location", server.url(response.location))
                     self.end_headers()
-                    self.wfile.write(response.body)
+                    if not response.drip:
+                        self.wfile.write(response.body)
+                    for start in range(0, len(response.body) if response.drip else 0, 64):
+                        self.wfile.write(response.body[start : start + 64])
+                        self.wfile.flush()
+                        time.sleep(response.drip)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (the slow route): expected
 
@@ -74,6 +82,7 @@ class ImageServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
+        path = path.replace("{port}", str(self.port))
         return path if "://" in path else f"http://127.0.0.1:{self.port}{path}"
 
     def total_requests(self) -> int:

@@ -34,9 +34,12 @@ from tests.datamodules.image_server import ImageServer, Response
 TIMEOUT = 1.5  # seconds; the slow route answers only after SLOW
 SLOW = 4.0
 MAX_PIXELS = 500_000  # /huge.jpg (1000 x 800) is over it, /photos/big.jpg (400 x 300) is not
+MAX_BYTES = 100_000  # /huge.jpg is 35 kB: under it, so its pixels are what refuses it
+MAX_SECONDS = 1.0  # /drip.jpg sends a piece every 0.3 s (within TIMEOUT) for ~9 s
 SETTINGS = dict(
     image_size=32, num_workers=0, batch_size=4, download_size=96, timeout=TIMEOUT, retries=1,
-    threads=8, max_pixels=MAX_PIXELS,
+    threads=8, max_pixels=MAX_PIXELS, max_download_mb=MAX_BYTES / 1e6,
+    max_download_seconds=MAX_SECONDS,
 )  # fmt: skip
 
 
@@ -70,13 +73,18 @@ ROUTES = {
     "/page.jpg": Response(body=b"<html><body>Not found</body></html>", content_type="text/html"),
     "/truncated.jpg": Response(body=truncated_jpeg_bytes()),
     "/huge.jpg": Response(body=encoded(colour_photo(1000, 800, seed=10))),
+    "/oversized.jpg": Response(body=bytes(MAX_BYTES + 1)),  # refused by its Content-Length
+    "/endless.jpg": Response(body=bytes(4 * MAX_BYTES), length=False),  # refused while read
+    "/drip.jpg": Response(body=encoded(colour_photo(64, 64, seed=11)), drip=0.3),
+    "/to-ftp.jpg": Response(302, location="ftp://127.0.0.1:{port}/photos/p1.jpg"),
 }
 DOWNLOADED = ["/photos/p0.jpg", "/photos/p1.jpg", "/photos/p2.png", "/photos/big.jpg",
               "/photos/sideways.jpg", "/photos/gray.jpg", "/redirect.jpg"]  # fmt: skip
 FAILED = {
     "/missing.jpg": "http 404", "/error.jpg": "http 500", "/slow.jpg": "timeout",
     "/page.jpg": "corrupt or not an image", "/truncated.jpg": "corrupt or not an image",
-    "/huge.jpg": "too large",
+    "/huge.jpg": "too large", "/oversized.jpg": "too large", "/endless.jpg": "too large",
+    "/drip.jpg": "timeout", "/to-ftp.jpg": "redirect refused",
 }  # fmt: skip
 USABLE = [path for path in DOWNLOADED if path != "/photos/gray.jpg"]
 
@@ -156,23 +164,27 @@ def cache_copy(first_run: FirstRun, tmp_path: Path) -> str:
 def test_download_counts_every_outcome_by_reason(first_run: FirstRun, server: ImageServer) -> None:
     report = first_run.module.report
     assert report is not None
-    assert (report["urls"], report["downloaded"], report["failed"]) == (15, 7, 6)
+    assert (report["urls"], report["downloaded"], report["failed"]) == (19, 7, 10)
     assert report["failure_reasons"] == dict(Counter(FAILED.values()))
     assert report["rejection_reasons"] == {"not http/https": 2}
-    assert (report["duplicates"], report["fetched_now"]) == (1, 13)
+    assert (report["duplicates"], report["fetched_now"]) == (1, 17)
     assert report["failure_examples"]["corrupt or not an image"] == [
         server.url("/page.jpg"), server.url("/truncated.jpg")
     ]  # fmt: skip
     assert json.loads((first_run.cache / "download_report.json").read_text()) == report
     summary = (
-        "internet: 15 URLs, 7 downloaded, 6 failed (2 corrupt or not an image, 1 http 404, "
-        "1 http 500, 1 timeout, 1 too large), 2 rejected (2 not http/https), "
-        f"1 duplicate dropped; 13 fetched now, 0 from the cache {first_run.cache}"
+        "internet: 19 URLs, 7 downloaded, 10 failed (3 too large, 2 corrupt or not an image, "
+        "2 timeout, 1 http 404, 1 http 500, 1 redirect refused), 2 rejected (2 not http/https), "
+        f"1 duplicate dropped; 17 fetched now, 0 from the cache {first_run.cache}"
     )
     assert report["summary"] == summary and summary in first_run.log
     # The pixel cap is checked against the header: the huge image was never decoded.
     rows = tried_urls(first_run.cache).set_index("url")
     assert "CV_IO_MAX_IMAGE_PIXELS" in rows.error_message[server.url("/huge.jpg")]
+    # The download caps: by Content-Length, while reading a body without one, by time.
+    assert f"more than {MAX_BYTES} bytes" in rows.error_message[server.url("/oversized.jpg")]
+    assert f"more than {MAX_BYTES} bytes" in rows.error_message[server.url("/endless.jpg")]
+    assert "took more than 1 s" in rows.error_message[server.url("/drip.jpg")]
     # The scan after the download drops the grayscale photo, counted, and splits by URL.
     assert "internet cache: 7 found, 6 used, 1 skipped (1 grayscale)" in first_run.log
 
@@ -180,9 +192,11 @@ def test_download_counts_every_outcome_by_reason(first_run: FirstRun, server: Im
 def test_rejected_urls_are_never_fetched(first_run: FirstRun) -> None:
     # retries=1: a failed request is tried twice; everything else once; nothing else at all.
     expected = Counter({path: 1 for path in [*DOWNLOADED, *FAILED, "/moved/here.jpg"]})
-    expected.update(["/missing.jpg", "/error.jpg", "/slow.jpg"])
+    retried = ["/missing.jpg", "/error.jpg", "/slow.jpg", "/oversized.jpg", "/endless.jpg"]
+    expected.update([*retried, "/drip.jpg", "/to-ftp.jpg"])
     assert first_run.requests == expected
-    # Every connection carried one of those HTTP requests: the ftp:// URL never connected.
+    # Every connection carried one of those HTTP requests: neither the ftp:// URL nor the
+    # redirect to ftp:// (both to this server's port) ever connected.
     assert first_run.connections == sum(expected.values())
     assert not any(url.startswith(("ftp:", "file:")) for url in tried_urls(first_run.cache).url)
 
@@ -325,6 +339,8 @@ def test_nothing_downloaded_names_the_reasons_and_the_fix(
          "CV_IO_MAX_IMAGE_PIXELS in function 'validateInputImageSize'", "too large"),
         ("image area too large", "too large"),
         ("image too small", "too small"),
+        ("<urlopen error too large: more than 100000 bytes>", "too large"),  # url_guard's
+        ("timed out: the download took more than 1 s", "timeout"),  # url_guard's
         ("<urlopen error [Errno 111] Connection refused>", "connection error"),
         ("<urlopen error [Errno -2] Name or service not known>", "connection error"),
         ("HTTP Error 302: Found - Redirection to url 'file:///etc/passwd' is not allowed",
