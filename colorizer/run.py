@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -35,11 +40,33 @@ def _instantiate_all(section: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (section or {}).values() if node is not None]
 
 
-def _strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, str]:
-    """DDP for the GAN must look for unused parameters: its D step does not use G's."""
+def _strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
+    """DDP for the GAN must look for unused parameters: its D step does not use G's.
+
+    Under SLURM, requeueing belongs to submitit (``hydra/launcher=slurm``): Lightning's own
+    SIGUSR1 auto-requeue is switched off so that one job is never requeued twice.
+    """
+    options: dict[str, Any] = {}
     if cfg.trainer.get("strategy") == "ddp" and not model.automatic_optimization:
-        return {"strategy": "ddp_find_unused_parameters_true"}
-    return {}
+        options["strategy"] = "ddp_find_unused_parameters_true"
+    if SLURMEnvironment.detect() and not cfg.trainer.get("plugins"):
+        options["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    return options
+
+
+def _refuse_sweep_relaunch(trainer: L.Trainer) -> None:
+    """Lightning's DDP starts the other processes of a machine by re-running the command line;
+    in a Hydra multirun that command is the whole sweep, so each would start it again."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) and (
+        trainer.num_devices > 1
+    ):
+        raise ConfigError(
+            "--multirun with DDP on several devices would re-run the whole sweep in every "
+            "process: add hydra/launcher=slurm (SLURM starts one task per device), or run "
+            "each setting as its own command"
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -58,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only)")
+    _refuse_sweep_relaunch(trainer)
     # The whole composed config (Hydra's own settings aside), so a run can be repeated from its log.
     job_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     for logger in loggers:
@@ -114,22 +142,34 @@ def _fit_and_test(
 
 
 def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or for ``last`` the newest ``last*.ckpt``
-    of this run directory (the validation-time ``last.ckpt`` or ``last-periodic.ckpt``).
-    Refuses, in one line, a missing file and a checkpoint of another architecture."""
+    """The checkpoint to resume from: ``ckpt_path``; for ``last`` the newest ``last*.ckpt``
+    of this run directory (the validation-time ``last.ckpt`` or ``last-periodic.ckpt``); for
+    ``auto`` the same if there is one, else none (a fresh start).
+
+    A job started by submitit (``hydra/launcher=slurm``) with no ``ckpt_path`` runs as
+    ``auto``: when SLURM requeues it after a time-out or pre-emption, it continues from its
+    last checkpoint instead of starting over. Refuses, in one line, a missing file and a
+    checkpoint of another architecture.
+    """
+    if ckpt_path is None and os.environ.get("SUBMITIT_EXECUTOR"):
+        ckpt_path = "auto"
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "auto"):
         folder = run_dir / "checkpoints"
         candidates = list(folder.glob("last*.ckpt"))
+        if not candidates and ckpt_path == "auto":
+            log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", folder)
+            return None
         if not candidates:
             raise ConfigError(
                 f"ckpt_path=last, but {folder} holds no last*.ckpt: add "
                 "hydra.run.dir=RUN_DIR, the directory of the run to continue"
             )
         ckpt_path = str(max(candidates, key=lambda path: path.stat().st_mtime_ns))
+        log.info("Resuming from %s", ckpt_path)
     if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file or last")
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, last or auto")
     saved = _checkpoint(ckpt_path).get("colorizer_model", "")
     ours = f"{type(model).__module__}:{type(model).__qualname__}"
     if saved and saved != ours:

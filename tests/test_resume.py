@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from colorizer.errors import ConfigError
-from colorizer.run import train
+from colorizer.models.alpha import AlphaColorizer
+from colorizer.run import resume_from, train
 from tests.conftest import assert_one_line_error
 
 # Epoch-based, deterministic, with worker processes and device augmentation (flips), so
@@ -44,9 +45,21 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path)
         torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli):
+def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli, tmp_path):
     with pytest.raises(ConfigError, match="holds no last\\*.ckpt: add hydra.run.dir=RUN_DIR"):
         train(make_cfg(*EPOCHS, "ckpt_path=last"))
+    # auto: the same checkpoint as last when there is one, else a fresh start.
+    model = AlphaColorizer()
+    assert resume_from("auto", tmp_path / "run", model) is None
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"colorizer_model": "colorizer.models.alpha:AlphaColorizer"},
+               tmp_path / "run" / "checkpoints" / "last.ckpt")  # fmt: skip
+    found = resume_from("auto", tmp_path / "run", model)
+    assert (
+        found
+        == resume_from("last", tmp_path / "run", model)
+        == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    )
     result = cli("colorizer.run", *EPOCHS, "ckpt_path=missing.ckpt")
     assert_one_line_error(result, "ckpt_path=missing.ckpt does not exist")
 
