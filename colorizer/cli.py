@@ -20,7 +20,8 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich import progress
@@ -89,19 +90,61 @@ def fail(message: str) -> None:
     raise SystemExit(USAGE_ERROR)
 
 
-def check_overrides(argv: list[str], config_name: str) -> None:
-    """Compose the config once with the user's overrides so a bad one fails in one line.
+MULTIRUN_FLAGS = ("--multirun", "-m")
 
-    Skipped for Hydra's own flags (``--multirun``, ``--cfg``, ``--help``...), whose sweeps and
-    options Hydra validates itself.
+
+def check_overrides(argv: list[str], config_name: str) -> None:
+    """Compose the config with the user's overrides first, so a bad one fails in one line.
+
+    With ``--multirun``, each value swept for a config group (``model=alpha,betta``) is
+    composed once and every other sweep at its first value (:func:`sweep_variants`). Skipped
+    for Hydra's other flags (``--cfg``, ``--help``...), whose options Hydra handles itself.
     """
-    if any(arg.startswith("-") for arg in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    flags = [arg for arg in argv if arg.startswith("-")]
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if full_error or any(flag not in MULTIRUN_FLAGS for flag in flags):
         return
+    overrides = [arg for arg in argv if not arg.startswith("-")]
     try:
+        variants = sweep_variants(overrides) if flags else [overrides]
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name, overrides=argv)
+            for variant in variants:
+                compose(config_name, overrides=variant)
+    except OverrideParseException as err:
+        grammar = str(err).splitlines()[0]
+        fail(f"{err.override!r} is not a valid override ({grammar}): write KEY=VALUE, a sweep "
+             "as KEY=A,B (see Hydra's override grammar)")  # fmt: skip
     except (HydraException, OmegaConfBaseException) as err:
         fail(one_line(err))
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """Plain override lists that together use every value swept for a config group.
+
+    Each list holds every override, a sweep at its first value, except that one config-group
+    sweep takes another of its values: 1 + sum(n - 1) compositions, not the whole grid. Sweeps
+    that cannot be listed before Hydra runs (``interval``, ``glob``) are left to Hydra.
+    """
+    first: list[str] = []
+    alternatives: list[tuple[int, list[str]]] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            first.append(override.input_line or f"{key}={override.get_value_element_as_str()}")
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except HydraException:
+            continue
+        if not values:
+            continue
+        if (CONFIG_DIR / override.key_or_group).is_dir():  # a config group: each file must exist
+            alternatives.append((len(first), [f"{key}={value}" for value in values[1:]]))
+        first.append(f"{key}={values[0]}")
+    variants = [first]
+    for position, others in alternatives:
+        variants += [first[:position] + [other] + first[position + 1 :] for other in others]
+    return variants
 
 
 def resolve_device(name: str) -> torch.device:

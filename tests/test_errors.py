@@ -24,6 +24,20 @@ def test_mistake_is_one_line(cli, mistake):
     assert_one_line_error(result, fragment)
 
 
+@pytest.mark.parametrize(
+    ("sweep", "fragment"),
+    [
+        (["model=alpha,betta"], "Could not find 'model/betta'"),  # the second value of a sweep
+        (["model=alpha", "model.lrr=1e-3,3e-4"], "model.lrr"),
+        (["model=alpha", "model.lr=1e-3,,"], "'model.lr=1e-3,,' is not a valid override"),
+    ],
+)
+def test_mistake_in_a_sweep_is_one_line_before_any_job(cli, tmp_path, sweep, fragment):
+    result = cli("colorizer.run", "--multirun", *sweep, "hydra.sweep.dir=sweep", *QUICK)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_empty_dataset_says_so(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     result = cli("colorizer.run", "model=alpha", "data.root=empty", "trainer=debug")
