@@ -82,15 +82,18 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs import PreemptOnce from tests/
     result = cli(
             "colorizer.run", "--multirun", "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=30", "hydra.sweep.dir=sweep",
+            "hydra.launcher.timeout_min=30",
             *SMALL_MODELS["alpha"], *QUICK, "trainer.max_steps=12",
             "trainer.val_check_interval=12", "callbacks.periodic.every_n_train_steps=4",
             "+callbacks.preempt._target_=tests.test_slurm.PreemptOnce",
             "+callbacks.preempt.step=6", "seed=1,2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # The default sweep dir, multirun/DATE/TIME: the requeued job, seconds later, must find
+    # the same one (Hydra's `now` resolver caches its value in the pickled config).
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
     for job in ("0", "1"):
-        run = tmp_path / "sweep" / job
+        run = sweep / job
         log = (run / "run.log").read_text()  # both tries of the job, submitit's lines too
         assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, log
         assert "Requeued job" in log
