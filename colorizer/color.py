@@ -76,9 +76,7 @@ def _uint8_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """
     table, matrix = _uint8_tables(rgb.device)
     linear = table.index_select(0, rgb.reshape(-1).int()).view(rgb.shape)
-    # einsum is a matmul, which stays float32 unless the user allows TF32 matmuls; a 1x1
-    # conv would be ~5 % faster on a CPU but runs in TF32 by default on NVIDIA GPUs.
-    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
+    xyz = linear_rgb_to_xyz(linear, matrix)
     f = xyz.clamp(min=_LAB_EPSILON).pow_(1 / 3)
     f.add_(xyz.mul_(7.787).add_(_LINE_OFFSET).clamp_(max=0.0))
     fx, fy, fz = f.unbind(1)
@@ -87,6 +85,24 @@ def _uint8_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     torch.sub(fx, fy, out=lab[:, 1]).mul_(500.0)
     torch.sub(fy, fz, out=lab[:, 2]).mul_(200.0)
     return lab
+
+
+def linear_rgb_to_xyz(
+    linear: torch.Tensor, matrix: torch.Tensor, elementwise: bool | None = None
+) -> torch.Tensor:
+    """``matrix [3, 3] @`` each pixel of ``linear [B, 3, H, W]``, in true float32.
+
+    On a CPU a matmul (einsum) is fastest. On a GPU a matmul or a convolution may run in TF32
+    (10-bit mantissas: ~0.1 L units of error) when the user allows it, e.g. with
+    ``torch.set_float32_matmul_precision("high")`` as Lightning suggests; there, elementwise
+    products and a sum, nearly free on a GPU, stay float32 whatever the setting.
+    ``elementwise``: None chooses by device.
+    """
+    if elementwise is None:
+        elementwise = linear.device.type != "cpu"
+    if elementwise:
+        return (matrix[None, :, :, None, None] * linear[:, None]).sum(dim=2)
+    return torch.einsum("ij,bjhw->bihw", matrix, linear)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:

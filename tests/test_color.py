@@ -51,6 +51,17 @@ def test_uint8_route_matches_kornia_on_both_pieces_of_cie_f():
     torch.testing.assert_close(color.rgb_to_lab(pixels).double(), expected, atol=1e-4, rtol=0)
 
 
+def test_xyz_routes_agree():
+    # The GPU's elementwise route (immune to TF32) and the CPU's matmul, both run here.
+    linear = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    matrix = torch.rand(3, 3, dtype=torch.float64)
+    matmul = color.linear_rgb_to_xyz(linear, matrix, elementwise=False)
+    elementwise = color.linear_rgb_to_xyz(linear, matrix, elementwise=True)
+    expected = torch.stack([(matrix[i, :, None, None] * linear).sum(1) for i in range(3)], 1)
+    torch.testing.assert_close(matmul, expected)
+    torch.testing.assert_close(elementwise, expected)
+
+
 def test_round_trip_rgb_lab_rgb():
     rgb = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     l_norm, ab_norm = color.split_lab(rgb)
@@ -120,8 +131,13 @@ def test_luminance_of_gray_and_rgb_inputs():
 def test_conversion_on_cuda_matches_cpu_under_autocast():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     l_cpu, ab_cpu = color.split_lab(images)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        l_gpu, ab_gpu = color.split_lab(images.cuda())
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as Lightning suggests on GPUs
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            l_gpu, ab_gpu = color.split_lab(images.cuda())
+    finally:
+        torch.set_float32_matmul_precision(precision)
     assert l_gpu.device.type == "cuda" and l_gpu.dtype == torch.float32
     torch.testing.assert_close(l_gpu.cpu(), l_cpu, atol=1e-4, rtol=0)
     torch.testing.assert_close(ab_gpu.cpu(), ab_cpu, atol=1e-4, rtol=0)
