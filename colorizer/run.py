@@ -146,18 +146,21 @@ def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) 
     of this run directory (the validation-time ``last.ckpt`` or ``last-periodic.ckpt``); for
     ``auto`` the same if there is one, else none (a fresh start).
 
-    A job started by submitit (``hydra/launcher=slurm``) with no ``ckpt_path`` runs as
-    ``auto``: when SLURM requeues it after a time-out or pre-emption, it continues from its
-    last checkpoint instead of starting over. Refuses, in one line, a missing file and a
-    checkpoint of another architecture.
+    A job started by submitit (``hydra/launcher=slurm``) runs as ``auto`` once its run
+    directory holds a checkpoint, or when no ``ckpt_path`` was given: when SLURM requeues it
+    after a time-out or pre-emption, it continues from its own last checkpoint, not from the
+    start or from the checkpoint it was first started from. Refuses, in one line, a missing
+    file and a checkpoint of another architecture.
     """
-    if ckpt_path is None and os.environ.get("SUBMITIT_EXECUTOR"):
+    folder = run_dir / "checkpoints"
+    candidates = list(folder.glob("last*.ckpt"))
+    if os.environ.get("SUBMITIT_EXECUTOR") and (ckpt_path is None or candidates):
+        if ckpt_path not in (None, "last", "auto"):
+            log.info("Requeued job: its own checkpoints replace ckpt_path=%s", ckpt_path)
         ckpt_path = "auto"
     if ckpt_path is None:
         return None
     if ckpt_path in ("last", "auto"):
-        folder = run_dir / "checkpoints"
-        candidates = list(folder.glob("last*.ckpt"))
         if not candidates and ckpt_path == "auto":
             log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", folder)
             return None

@@ -64,6 +64,23 @@ def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli, tmp_path):
     assert_one_line_error(result, "ckpt_path=missing.ckpt does not exist")
 
 
+def test_requeued_job_prefers_its_own_checkpoint_to_the_one_it_started_from(tmp_path, monkeypatch):
+    model, run = AlphaColorizer(), tmp_path / "run"
+    start = tmp_path / "pretrained.ckpt"  # e.g. fine-tuning from another run
+    torch.save({"colorizer_model": "colorizer.models.alpha:AlphaColorizer"}, start)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert resume_from(None, run, model) is None  # first start, nothing given: from scratch
+    assert resume_from(str(start), run, model) == str(start)  # first start: as asked
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"colorizer_model": "colorizer.models.alpha:AlphaColorizer"},
+               run / "checkpoints" / "last-periodic.ckpt")  # fmt: skip
+    own = str(run / "checkpoints" / "last-periodic.ckpt")
+    assert resume_from(str(start), run, model) == own  # requeued: its own progress
+    assert resume_from(None, run, model) == own
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert resume_from(str(start), run, model) == str(start)  # outside submitit: as asked
+
+
 def test_killed_run_resumes_from_its_periodic_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [
