@@ -72,13 +72,14 @@ class _Caps(urllib.request.BaseHandler):
             raise urllib.error.URLError(self._too_large())
         self._check_time(request.deadline)
         response.read = functools.partial(self._read, response, request.deadline)
-        response.capped = True
+        response.capped, response.bytes_read = True, 0
         return response
 
     https_response = http_response
 
     def _read(self, response: HTTPResponse, deadline: float, amount: int | None = -1) -> bytes:
-        """The body (up to ``amount`` bytes), in chunks, checking size and time after each."""
+        """The body (up to ``amount`` bytes), in chunks, checking the size read so far (over
+        every call) and the time after each."""
         wanted = self.max_bytes + 1 if amount is None or amount < 0 else amount
         chunks, size = [], 0
         while size < wanted:
@@ -89,7 +90,8 @@ class _Caps(urllib.request.BaseHandler):
                 break
             chunks.append(chunk)
             size += len(chunk)
-            if size > self.max_bytes:
+            response.bytes_read += len(chunk)
+            if response.bytes_read > self.max_bytes:
                 raise urllib.error.URLError(self._too_large())
             self._check_time(deadline)
         return b"".join(chunks)

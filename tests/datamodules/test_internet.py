@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import urllib.error
 from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
@@ -28,6 +29,7 @@ from datamodules import DataError
 from datamodules.base import seeded_split
 from datamodules.internet import InternetDataModule
 from datamodules.url_cache import failure_reason, read_outcomes
+from datamodules.url_guard import guarded_opener
 from tests.datamodules.conftest import colour_photo, truncated_jpeg_bytes
 from tests.datamodules.image_server import ImageServer, Response
 
@@ -35,7 +37,7 @@ TIMEOUT = 1.5  # seconds; the slow route answers only after SLOW
 SLOW = 4.0
 MAX_PIXELS = 500_000  # /huge.jpg (1000 x 800) is over it, /photos/big.jpg (400 x 300) is not
 MAX_BYTES = 100_000  # /huge.jpg is 35 kB: under it, so its pixels are what refuses it
-MAX_SECONDS = 1.0  # /drip.jpg sends a piece every 0.3 s (within TIMEOUT) for ~9 s
+MAX_SECONDS = 1.0  # /drip.jpg sends a piece every 0.3 s (within TIMEOUT) for ~7 s
 SETTINGS = dict(
     image_size=32, num_workers=0, batch_size=4, download_size=96, timeout=TIMEOUT, retries=1,
     threads=8, max_pixels=MAX_PIXELS, max_download_mb=MAX_BYTES / 1e6,
@@ -325,6 +327,21 @@ def test_nothing_downloaded_names_the_reasons_and_the_fix(
     assert server.requests == before  # failures are remembered, not fetched again
     assert "none of its 2 URLs gave an image (1 http 404, 1 timeout)" in message
     assert message.endswith("re-run with data.retry_failed=true")
+
+
+def test_guarded_opener_caps_reads_in_pieces_and_follows_http_redirects(
+    server: ImageServer,
+) -> None:
+    opener = guarded_opener(max_bytes=2000, max_seconds=5)
+    with opener.open(server.url("/redirect.jpg"), timeout=TIMEOUT) as response:
+        assert response.read() == ROUTES["/moved/here.jpg"].body  # an http redirect: followed
+    with pytest.raises(urllib.error.URLError, match="too large"):
+        opener.open(server.url("/photos/big.jpg"), timeout=TIMEOUT)  # Content-Length: 8,470
+    # No Content-Length: reading in pieces counts every piece, so the cap holds across calls.
+    with opener.open(server.url("/endless.jpg"), timeout=TIMEOUT) as response:
+        assert len(response.read(1200)) == 1200
+        with pytest.raises(urllib.error.URLError, match="too large: more than 2000 bytes"):
+            response.read(1200)
 
 
 @pytest.mark.parametrize(
