@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich import progress
 from rich.console import Console
@@ -109,13 +110,33 @@ def check_overrides(argv: list[str], config_name: str) -> None:
         variants = sweep_variants(overrides) if flags else [overrides]
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             for variant in variants:
-                compose(config_name, overrides=variant)
+                cfg = compose(config_name, overrides=variant, return_hydra_config=True)
+                check_launcher(cfg.hydra.launcher, multirun=bool(flags))
     except OverrideParseException as err:
         grammar = str(err).splitlines()[0]
         fail(f"{err.override!r} is not a valid override ({grammar}): write KEY=VALUE, a sweep "
              "as KEY=A,B (see Hydra's override grammar)")  # fmt: skip
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError) as err:
         fail(one_line(err))
+
+
+def check_launcher(launcher: DictConfig, multirun: bool) -> None:
+    """``hydra/launcher=slurm`` mistakes that Hydra would report late, or not at all."""
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    if not multirun:  # Hydra uses launchers only for sweeps: the job would train right here
+        raise ConfigError(
+            "hydra/launcher=slurm submits jobs only with --multirun: add --multirun "
+            "(a single job is fine)"
+        )
+    OmegaConf.to_container(launcher, resolve=True)  # a bad ${...} fails now, in one line
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(
+            f"hydra/launcher=slurm needs SLURM, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on PATH: "
+            "run the command on the cluster's login node"
+        )
 
 
 def sweep_variants(overrides: list[str]) -> list[list[str]]:
