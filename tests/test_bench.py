@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import lightning as L
 import pytest
@@ -32,6 +33,8 @@ def test_cli_writes_bench_json_with_every_measure(cli, tmp_path):
         report["data_images_per_s"] / report["reference_data_images_per_s"]
     )
     assert (tmp_path / "run" / "resized_cache").is_dir()  # ours reads a resized copy
+    # Lab in the main process uses the cores the 2 workers leave (at least 1 thread).
+    assert report["data_main_threads"] == max(1, len(os.sched_getaffinity(0)) - 2)
     assert "lightning_overhead" in result.stdout and "data_speedup" in result.stdout
 
 
