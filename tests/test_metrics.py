@@ -137,3 +137,43 @@ def test_metrics_are_exact_under_bf16_autocast():
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], msg=key)
     assert expected["ssim"] > 0.85
+
+
+def _round_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32's 10 mantissa bits (to nearest), as tensor cores read it."""
+    if tensor.dtype != torch.float32:
+        return tensor
+    bits = tensor.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_metrics_are_exact_when_convolutions_run_in_tf32(monkeypatch):
+    """Ampere+ GPUs run float32 convolutions in TF32 by default (cuDNN): emulate that here by
+    rounding every float32 convolution's operands, and the metrics must not move."""
+    from skimage import data
+    from torchvision.transforms.functional import resize
+
+    from colorizer.color import gray_baseline, split_lab
+
+    photos = torch.stack(
+        [resize(torch.from_numpy(p()).permute(2, 0, 1), [128, 128]) for p in (data.coffee,
+         data.chelsea, data.astronaut)]
+    )  # fmt: skip
+    truth = photos.float() / 255.0
+    gray = gray_baseline(split_lab(photos)[0])
+
+    def scores() -> dict[str, float]:
+        metrics = colorization_metrics()
+        update_metrics(metrics, gray, truth)
+        return {key: float(value) for key, value in metrics.compute().items()}
+
+    exact = scores()
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(
+        torch.nn.functional, "conv2d",
+        lambda x, w, *args, **kw: conv2d(_round_to_tf32(x), _round_to_tf32(w), *args, **kw),
+    )  # fmt: skip
+    in_tf32 = scores()
+    for key, value in exact.items():
+        assert in_tf32[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    assert 0.5 < exact["ssim"] < 0.99
