@@ -1,6 +1,6 @@
 """Colorization at full resolution, by a trained model or by its ONNX export.
 
-The network predicts chroma at a working size; the chroma is upsampled (bilinear) to the
+The network predicts chroma at a working size; the chroma is resized (bilinear, antialiased) to the
 photo's own size and merged with the photo's own full-resolution L. Chroma is smooth, so
 little is lost by predicting it small, and no detail is lost at all: the output's L is the
 input's, up to sRGB gamut clipping and 8-bit rounding.
@@ -178,18 +178,20 @@ def colorize_full_resolution(
         groups.setdefault(working_shape(*l_full.shape[-2:], size, network.input_size), []).append(i)
     chroma: dict[int, torch.Tensor] = {}
     for shape, members in groups.items():
-        small = torch.cat([_resize(lightness[i], shape, antialias=True) for i in members])
+        small = torch.cat([_resize(lightness[i], shape) for i in members])
         for i, ab in zip(members, network.predict_ab(small).split(1), strict=True):
             chroma[i] = ab
     outputs = []
     for i, l_full in enumerate(lightness):
-        ab_full = _resize(chroma[i], tuple(l_full.shape[-2:]), antialias=False)
+        ab_full = _resize(chroma[i], tuple(l_full.shape[-2:]))
         rgb = merge_lab(l_full, ab_full, keep_lightness=True)[0]
         outputs.append(rgb.mul(255.0).round_().to(torch.uint8).cpu())
     return outputs
 
 
-def _resize(planes: torch.Tensor, shape: tuple[int, int], antialias: bool) -> torch.Tensor:
+def _resize(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize; antialiased, so a photo smaller than the network's working size gets
+    each area's average (enlarging, the usual case for chroma, is unaffected)."""
     if tuple(planes.shape[-2:]) == shape:
         return planes
-    return F.interpolate(planes, size=shape, mode="bilinear", antialias=antialias)
+    return F.interpolate(planes, size=shape, mode="bilinear", antialias=True)

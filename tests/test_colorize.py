@@ -11,7 +11,7 @@ from skimage.color import rgb2lab
 
 from colorizer.colorize import colorize
 from colorizer.errors import ConfigError
-from colorizer.inference import TorchNetwork, working_shape
+from colorizer.inference import ChromaNetwork, TorchNetwork, colorize_full_resolution, working_shape
 from colorizer.models import load_model
 from colorizer.photo_files import find_jobs, output_name
 from tests.conftest import SMALL_MODELS, assert_one_line_error
@@ -218,3 +218,24 @@ def test_a_failing_batch_is_retried_photo_by_photo(make_cfg, tmp_path, checkpoin
         str(photos / "big.png"): "out of memory (lower batch_size or size, or use device=cpu)"
     }
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+class StripedChroma(ChromaNetwork):
+    """A fixed-size (512²) stand-in network whose chroma is one-pixel stripes of a = ±0.5."""
+
+    name, input_size, size_multiple, device = "striped", 512, 1, torch.device("cpu")
+
+    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+        stripes = (torch.arange(l_norm.shape[-1]) % 2 * 2 - 1).float() * 0.5
+        ab = torch.zeros(l_norm.shape[0], 2, *l_norm.shape[-2:])
+        ab[:, 0] = stripes
+        return ab
+
+
+def test_chroma_shrunk_to_a_smaller_photo_is_filtered_not_aliased():
+    """A photo smaller than a fixed-size network's input gets the area's average chroma: fine
+    stripes average out to gray instead of aliasing into coarse false-colour bands."""
+    gray_photo = torch.full((3, 300, 300), 128, dtype=torch.uint8)
+    (out,) = colorize_full_resolution(StripedChroma(), [gray_photo], size=256)
+    a_channel = rgb2lab(out.permute(1, 2, 0).numpy())[..., 1]
+    assert np.abs(a_channel).mean() < 3.0  # aliased: ~25 (of the stripes' 55)

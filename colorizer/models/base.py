@@ -56,7 +56,10 @@ def predict_ab_with(
         if (height, width) == working:
             return network(l_norm).float()
         small = F.interpolate(l_norm, size=working, mode="bilinear", antialias=True)
-        return F.interpolate(network(small).float(), size=(height, width), mode="bilinear")
+        # antialias: when the image is smaller than the working size, each output pixel
+        # averages the chroma it covers (only shrinking is affected; enlarging is unchanged).
+        ab = network(small).float()
+        return F.interpolate(ab, size=(height, width), mode="bilinear", antialias=True)
     pad_h = math.ceil(height / size_multiple) * size_multiple - height
     pad_w = math.ceil(width / size_multiple) * size_multiple - width
     if pad_h or pad_w:
