@@ -156,6 +156,34 @@ class StepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=description)
 
 
+class ValidateTheEnd(L.Callback):
+    """Validates (and so checkpoints) the last state of every run, not just the last interval.
+
+    Lightning validates every ``val_check_interval`` training batches but stops at
+    ``max_steps`` optimizer steps, so a run whose end falls between two validations (the GAN
+    takes two optimizer steps per batch: 240 steps are 120 batches, validated at batch 80
+    only) would leave its last 40 batches unvalidated and out of ``last.ckpt``. At the final
+    batch this asks the loop to stop, which is what makes Lightning validate there, once
+    (also when the interval falls on it); ``ModelCheckpoint`` then saves after validation.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._final_batch(trainer):
+            return
+        trainer.should_stop = True
+        # Epoch-based runs validate only every check_val_every_n_epoch epochs: not the last
+        # one unless it is a multiple. Step-based (None) validation covers any epoch.
+        trainer.check_val_every_n_epoch = None
+
+    @staticmethod
+    def _final_batch(trainer: L.Trainer) -> bool:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return True
+        last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0
+        last_epoch = last_epoch and trainer.current_epoch + 1 >= trainer.max_epochs
+        return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
 class NonFiniteGuard(L.Callback):
     """Stops training at a NaN or infinite loss, and never lets one into a checkpoint.
 

@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from colorizer.run import train
-from tests.conftest import QUICK, assert_one_line_error
+from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
 
 METRICS_KEYS = {
     "val/psnr", "val/mse", "test/psnr", "test/mse", "test/ssim", "test/cf", "test/delta_cf",
@@ -91,3 +92,28 @@ def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):
 def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
     result = cli("colorizer.run", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
     assert_one_line_error(result, *fragments)
+
+
+EPOCHS_OF_2_BATCHES = [
+    "data.num_train=4", "data.batch_size=2", "trainer.max_steps=-1", "trainer.max_epochs=3",
+    "trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "args"),
+    [
+        # gan: 3 batches of 2 optimizer steps each, validated every 2 batches (at step 4)
+        ("gan", 6, ["trainer.max_steps=6", "trainer.val_check_interval=2"]),
+        ("alpha", 5, ["trainer.max_steps=5", "trainer.val_check_interval=2"]),
+        ("alpha", 6, EPOCHS_OF_2_BATCHES),  # validated after epoch 2 of 3
+    ],
+    ids=["gan-steps", "alpha-steps", "alpha-epochs"],
+)
+def test_the_end_of_every_run_is_validated_and_checkpointed(make_cfg, tmp_path, name, steps, args):
+    summary = train(make_cfg(*SMALL_MODELS[name], *QUICK, *args))
+    run = tmp_path / "run"
+    assert summary["global_step"] == steps
+    assert (run / "samples" / f"step_{steps:06d}.png").is_file()  # a validation of the last state
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == steps
