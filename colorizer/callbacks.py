@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -16,6 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
 from colorizer.errors import ConfigError, TrainingDiverged
+
+log = logging.getLogger(__name__)
 
 
 class SampleGrids(L.Callback):
@@ -242,15 +245,54 @@ class NonFiniteGuard(L.Callback):
 
 
 class RandomStates(L.Callback):
-    """Puts the random number generators' states into checkpoints and restores them on resume.
+    """Gives each training process its own random stream, and checkpoints every process's.
 
-    Lightning saves the model, optimizers and loops but not the RNGs, which the device
-    augmentation, dropout and sampling draw from: without them a resumed run goes on with
-    different random numbers than one that never stopped. Stored as tensors and plain values,
-    so checkpoints still load with ``weights_only=True``.
+    The device augmentation and the GAN's dropout draw from the global generators. Seeded
+    alike (``seed_everything``), every DDP process would flip, warp and drop out exactly as
+    the others do, so N processes would see one random stream instead of N. At the start of
+    fit, process ``rank`` seeds Python, NumPy and torch (CPU and its GPU) with
+    ``seed + rank``: a single process, or rank 0, draws what it always did from ``seed``.
+
+    Lightning saves the model, optimizers and loops but not these generators: without them a
+    resumed run goes on with other random numbers than one that never stopped. Each process's
+    states are gathered into the checkpoint (``ranks``, one entry per process) and each
+    process restores its own. Stored as tensors and plain values, so checkpoints still load
+    with ``weights_only=True``.
     """
 
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._rank, self._device = 0, torch.device("cpu")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank, self._device = trainer.global_rank, trainer.strategy.root_device
+        if stage == "fit":
+            seed = self.seed + self._rank
+            random.seed(seed)
+            np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy generator libraries use
+            torch.manual_seed(seed)
+
     def state_dict(self) -> dict[str, Any]:
+        # Lightning builds the checkpoint in every process and writes rank 0's.
+        own = self._own_state()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {"ranks": [own]}
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, own)
+        return {"ranks": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("ranks", [state_dict])  # a checkpoint from before per-rank states
+        if self._rank >= len(states):
+            log.warning(
+                "the checkpoint holds the random states of %d processes; process %d keeps its "
+                "fresh seed (%d), so its augmentation will not repeat the interrupted run's",
+                len(states), self._rank, self.seed + self._rank,
+            )  # fmt: skip
+            return
+        self._restore(states[self._rank])
+
+    def _own_state(self) -> dict[str, Any]:
         # The legacy global generator: what libraries and seed_everything use.
         name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
         state = {
@@ -258,16 +300,16 @@ class RandomStates(L.Callback):
             "python": random.getstate(),
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if self._device.type == "cuda":  # this process's GPU only: others belong to others
+            state["cuda"] = torch.cuda.get_rng_state(self._device)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        version, internal, gauss = state_dict["python"]
+    def _restore(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-        name, keys, position, has_gauss, cached = state_dict["numpy"]
+        name, keys, position, has_gauss, cached = state["numpy"]
         numpy_state = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
         np.random.set_state(numpy_state)  # noqa: NPY002
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if "cuda" in state and self._device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self._device)

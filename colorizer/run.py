@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +32,7 @@ from rich.table import Table
 from colorizer.callbacks import TrainingThroughput
 from colorizer.cli import config_choice, run_app
 from colorizer.errors import ConfigError
+from datamodules.base import ImageDataModule
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    if isinstance(datamodule, ImageDataModule):
+        # Its training sampler resumes mid-epoch by itself (Lightning's warning assumes not).
+        warnings.filterwarnings(
+            "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
+        )
     model = instantiate(cfg.model)
     model.apply_speed_options(compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
     callbacks = _instantiate_all(cfg.get("callbacks"))

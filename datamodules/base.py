@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
@@ -99,27 +99,42 @@ def derived_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class EpochShuffle(Sampler[tuple[int, int]]):
-    """Training order as a pure function of ``(seed, epoch)``; yields ``(epoch, index)`` keys.
+class EpochShuffle(DistributedSampler):
+    """Training order as a pure function of ``(seed, epoch)``, sharded over the processes of a
+    distributed run, resumable mid-epoch; yields ``(epoch, index)`` keys.
 
     Lightning calls ``set_epoch`` at every epoch start, so a run resumed at epoch k sees the
     same order as one that never stopped, and the dataset can draw each sample's random crop
     from ``(seed, epoch, index)``: the same whatever the number of workers or restarts.
+
+    Under DDP process ``rank`` takes every ``num_replicas``-th key of the epoch's order, padded
+    by repeating the first keys so that all processes get ``len(self)`` (as PyTorch's
+    DistributedSampler does; being one, Lightning does not wrap it in another). ``skip`` drops
+    the first keys of this process's share of the next epoch iterated, once: the batches a
+    run resumed mid-epoch has already trained on.
     """
 
-    def __init__(self, length: int, seed: int, epoch: int = 0) -> None:
-        self.length, self.seed, self.epoch = length, seed, epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int,
+        epoch: int = 0,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        skip: int = 0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        length = len(self.dataset)  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(derived_seed("order", self.seed, self.epoch))
-        order = torch.randperm(self.length, generator=generator).tolist()
-        return ((self.epoch, index) for index in order)
+        order = torch.randperm(length, generator=generator).tolist()
+        order = (order * math.ceil(self.total_size / length))[: self.total_size]
+        share = order[self.rank : self.total_size : self.num_replicas]
+        skip, self.skip = self.skip, 0
+        return ((self.epoch, index) for index in share[skip:])
 
 
 def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
@@ -265,27 +280,52 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[torch.Tensor]:
         return self._loader(self.test_set, "test")
 
-    def _epoch(self) -> int:
-        """The epoch training (re)starts at: Lightning creates the loader's first iterator,
-        which worker processes start filling at once, before it calls ``set_epoch``, so a
-        resumed run's sampler must begin at the restored epoch, not at 0."""
-        if self.trainer is None:
-            return 0
-        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+    def _train_sampler(self, dataset: Dataset[torch.Tensor]) -> EpochShuffle:
+        """This process's share of the training order, from where training (re)starts.
+
+        Lightning restores its loop counters before it asks for the loader, but would replay a
+        resumed epoch from its first batch: the sampler skips the batches already trained.
+        The first iterator (whose workers start filling at once, before Lightning calls
+        ``set_epoch``) must also begin at the restored epoch, not at 0.
+        """
+        trainer = self.trainer
+        ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {}
+        sampler = EpochShuffle(dataset, self.seed, **ranks)
+        if trainer is None:
+            return sampler
+        fit_loop = trainer.fit_loop
+        sampler.set_epoch(int(fit_loop.epoch_progress.current.processed))
+        if fit_loop.is_resuming:
+            trained = int(fit_loop.epoch_loop.batch_progress.current.processed)
+            if trained >= self._batches_per_epoch(len(sampler)):  # saved after its last batch
+                sampler.set_epoch(sampler.epoch + 1)
+            else:
+                sampler.skip = trained * self.batch_size
+        return sampler
+
+    def _batches_per_epoch(self, samples: int) -> int:
+        """Training batches per epoch for ``samples`` per process, as Lightning counts them."""
+        drop_last = samples > self.batch_size
+        batches = samples // self.batch_size if drop_last else math.ceil(samples / self.batch_size)
+        limit = self.trainer.limit_train_batches if self.trainer else 1.0
+        return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
     def _loader(self, dataset: Dataset[torch.Tensor] | None, split: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} dataloader")
         train = split == "train"
+        sampler = self._train_sampler(dataset) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), self.seed, self._epoch()) if train else None,
-            # A fixed generator makes the workers' base seeds reproducible.
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            sampler=sampler,
+            # Each new iterator draws its workers' base seed from this generator: a fixed one
+            # makes them reproducible, and keeps validation (the sanity check of a resumed
+            # run too) from drawing on the global generator that augmentation draws from.
+            generator=torch.Generator().manual_seed(self.seed),
             # Dropping the ragged last batch keeps batch statistics steady, but must never
-            # drop a whole epoch of a tiny dataset.
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            # drop a whole epoch of a tiny dataset (or of a process's share of one).
+            drop_last=train and len(sampler) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -45,6 +45,32 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path)
         torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize(
+    "checkpoint",
+    ["last-periodic", "last"],  # saved after a training batch; saved after a validation
+)
+def test_run_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
+    make_cfg, tmp_path, checkpoint
+):
+    """3 batches an epoch; stopped after step 4 (epoch 2, batch 1): the resumed run must train
+    on batches 2 and 3 of epoch 2, as the uninterrupted run does, not on batches 1 and 2."""
+    whole = train(make_cfg(*EPOCHS, "trainer.max_epochs=2"))
+    assert whole["global_step"] == 6
+    whole_weights = final_weights(tmp_path / "run")
+    (tmp_path / "run").rename(tmp_path / "whole")
+
+    stop = ["trainer.max_steps=4", "callbacks.periodic.every_n_train_steps=4"]
+    train(make_cfg(*EPOCHS, "trainer.max_epochs=2", *stop))
+    saved = tmp_path / "run" / "checkpoints" / f"{checkpoint}.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == 4
+    resumed = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", f"ckpt_path={saved}"))
+    assert resumed["global_step"] == 6
+    for name, weights in final_weights(tmp_path / "run").items():
+        torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
+    for key in ("val/psnr", "test/psnr"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key
+
+
 def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli, tmp_path):
     with pytest.raises(ConfigError, match="holds no last\\*.ckpt: add hydra.run.dir=RUN_DIR"):
         train(make_cfg(*EPOCHS, "ckpt_path=last"))

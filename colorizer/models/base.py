@@ -186,7 +186,9 @@ class ColorizationModule(L.LightningModule):
         update_metrics(self.metrics[stage], merge_lab(l_norm, pred_ab), truth)
         update_metrics(self.metrics[f"{stage}_gray"], gray_baseline(l_norm), truth)
         batch_size = batch.shape[0]
-        self.log(f"{stage}/loss", F.mse_loss(pred_ab, ab_norm), batch_size=batch_size)
+        # sync_dist: under DDP each process sees its share of the split; once per epoch.
+        loss = F.mse_loss(pred_ab, ab_norm)
+        self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
         self.log_dict(self.metrics[stage], batch_size=batch_size, prog_bar=stage == "val")
         self.log_dict(self.metrics[f"{stage}_gray"], batch_size=batch_size)
 
