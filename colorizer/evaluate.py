@@ -22,6 +22,7 @@ from unittest import mock
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
@@ -65,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     L.seed_everything(cfg.seed, verbose=False)
     model = load_model(cfg.ckpt_path).to(device)
-    datamodule: ImageDataModule = instantiate(cfg.data)
+    datamodule = datamodule_as_trained(cfg)
     dataset = eval_dataset(datamodule, split, native=bool(cfg.native))
     loader = DataLoader(
         dataset,
@@ -114,6 +115,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     written = [output_dir / "metrics.json", output_dir / "report.md"]
     written[0].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     written[1].write_text(report(summary))
+    if isinstance(dataset, ImageFileDataset):  # which images were scored, one path a line
+        written.append(output_dir / "images.txt")
+        written[-1].write_text("".join(f"{path}\n" for path in dataset.paths))
     if grid_rows:
         written.append(output_dir / "samples.png")
         save_image(triplet_grid(torch.stack(grid_rows)), written[-1])
@@ -127,6 +131,48 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         table, *([skipped] if skipped else []), *(f"Wrote {p}" for p in written), sep="\n"
     )
     return summary
+
+
+def datamodule_as_trained(cfg: DictConfig) -> ImageDataModule:
+    """``cfg.data``, splitting its images as the checkpoint's training run did.
+
+    A split is a function of settings such as ``seed`` and the fractions, and evaluate.yaml's
+    defaults need not be the run's (``experiment=gan_coco`` trains with seed 123): scored
+    with other settings, a "test" split would hold images the model trained on. So when the
+    checkpoint's run read the same images, its split settings are used; one given explicitly
+    on the command line that differs is refused.
+    """
+    datamodule: ImageDataModule = instantiate(cfg.data)
+    if cfg.split == "all":
+        return datamodule
+    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    trained = checkpoint.get("datamodule_hyper_parameters")
+    if not trained:
+        log.warning("%s does not record its training data: check that data.seed and the "
+                    "split fractions are the training run's", cfg.ckpt_path)  # fmt: skip
+        return datamodule
+    differences = datamodule.split_differences(trained)
+    if differences is None:
+        log.info("other data than the checkpoint was trained on: its own split settings")
+        return datamodule
+    given = {override.split("=")[0].lstrip("+~") for override in _task_overrides()}
+    for key, value in differences.items():
+        for name in (f"data.{key}", *(["seed"] if key == "seed" else [])):
+            if name in given:
+                raise ConfigError(
+                    f"{name}={datamodule.hparams[key]} splits the images otherwise than the "
+                    f"checkpoint, trained with data.{key}={value}: split={cfg.split} would score "
+                    f"images it trained on; drop {name}= to use the run's split, or use split=all"
+                )
+    if differences:
+        settings = ", ".join(f"data.{key}={value}" for key, value in differences.items())
+        log.info("split as the checkpoint's training run did: %s", settings)
+        datamodule = instantiate(cfg.data, **differences)
+    return datamodule
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def eval_dataset(datamodule: ImageDataModule, split: str, *, native: bool) -> Dataset:

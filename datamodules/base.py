@@ -137,6 +137,13 @@ class EpochShuffle(DistributedSampler):
         return ((self.epoch, index) for index in share[skip:])
 
 
+def _same_setting(first: Any, second: Any) -> bool:
+    """Equal, or paths naming the same file or folder."""
+    if isinstance(first, str) and isinstance(second, str):
+        return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+    return first == second
+
+
 def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
     """``(epoch, index)`` of a dataset key: an index, or the ``(epoch, index)`` of EpochShuffle."""
     return (None, key) if isinstance(key, int) else (key[0], key[1])
@@ -221,6 +228,11 @@ class ImageDataModule(L.LightningDataModule):
             ``zoom``, ``shear``) for training batches; None: no augmentation beyond the crop.
     """
 
+    # Constructor arguments that name the images read (a folder, a URL list), and those that
+    # decide which image goes to which split; subclasses extend both (``split_differences``).
+    source_settings: tuple[str, ...] = ()
+    split_settings: tuple[str, ...] = ("seed",)
+
     def __init__(
         self,
         image_size: int,
@@ -248,6 +260,17 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset[torch.Tensor] | None = None
         self.val_set: Dataset[torch.Tensor] | None = None
         self.test_set: Dataset[torch.Tensor] | None = None
+
+    def split_differences(self, trained: Mapping[str, Any]) -> dict[str, Any] | None:
+        """How a training run's datamodule (its saved hyper-parameters) split the same images
+        differently: ``{setting: its value}`` where it differs from this one's; None when
+        ``trained`` read other images (another kind of data, or another source)."""
+        ours = dict(self.hparams)
+        if set(trained) != set(ours):
+            return None
+        if any(not _same_setting(trained[key], ours[key]) for key in self.source_settings):
+            return None
+        return {key: trained[key] for key in self.split_settings if trained[key] != ours[key]}
 
     def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]``: a random resized crop.

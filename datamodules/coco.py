@@ -35,6 +35,9 @@ class CocoDataModule(CuratedDataModule):
     ``file_name`` would leave the image folder are counted, never read.
     """
 
+    source_settings = ("root", "train_annotations", "test_annotations")
+    split_settings = (*CuratedDataModule.split_settings, "categories", "subset", "test_subset")
+
     def __init__(
         self,
         root: str,

@@ -68,6 +68,9 @@ class CuratedDataModule(ImageDataModule):
     Batches: uint8 ``[B, 3, image_size, image_size]``, RGB.
     """
 
+    source_settings = ("root",)
+    split_settings = ("seed", "val_fraction", "test_fraction", "min_size", "exclude_grayscale")
+
     def __init__(
         self,
         root: str | None = None,

@@ -72,6 +72,8 @@ class InternetDataModule(CuratedDataModule):
     Batches: uint8 ``[B, 3, image_size, image_size]``, RGB.
     """
 
+    source_settings = ("urls",)
+
     def __init__(
         self,
         urls: str,

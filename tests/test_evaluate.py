@@ -154,3 +154,33 @@ def test_a_forgotten_checkpoint_is_named(make_cfg):
 def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
     result = cli("colorizer.evaluate", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
     assert_one_line_error(result, *fragments)
+
+
+def test_evaluation_scores_the_training_runs_own_test_split(make_cfg, tmp_path, no_local_weights):
+    """Trained with seed 123, evaluated with evaluate's default seed (42): the test split must
+    still be the run's, not a split that holds images the model trained on."""
+    photos = tmp_path / "photos"
+    write_photos(photos, [(40, 48)] * 12)
+    data = [
+        "data=curated", f"data.root={photos}", "data.image_size=32", "data.batch_size=4",
+        "data.num_workers=0", "data.val_fraction=0.25", "data.test_fraction=0.25",
+    ]  # fmt: skip
+    trained = train(make_cfg("model=alpha", *data, "seed=123", *QUICK[1:]))
+
+    def test_files(seed: int) -> list[str]:
+        datamodule = CuratedDataModule(
+            root=str(photos), seed=seed, val_fraction=0.25, test_fraction=0.25
+        )
+        datamodule.setup("test")
+        return [str(path) for path in datamodule.test_set.paths]
+
+    assert test_files(123) != test_files(42)  # so agreeing below is no coincidence
+    checkpoint = f"ckpt_path={trained['best_checkpoint']}"
+    summary = evaluate(make_cfg(checkpoint, *data, config_name="evaluate"))
+    assert summary["num_images"] == 3
+    assert (tmp_path / "run" / "images.txt").read_text().splitlines() == test_files(123)
+    assert summary["test/psnr"] == pytest.approx(trained["test/psnr"], rel=1e-5)
+
+    # Asking for another split of the same images, explicitly, is refused in one line.
+    with pytest.raises(ConfigError, match="seed=42 .* trained with data.seed=123"):
+        evaluate(make_cfg(checkpoint, *data, "seed=42", config_name="evaluate"))
