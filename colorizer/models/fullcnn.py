@@ -3,6 +3,15 @@
 Trainable: encoder 5,827,200 + fusion 321,792 + decoder 392,210 = 6,541,202 parameters, plus a
 frozen Inception-ResNet-v2 (timm ``inception_resnet_v2``, ~55.8 M) that embeds the grayscale
 image into its 1000 class probabilities (Baldassarre et al., 2017).
+
+Where it follows the Keras seed rather than Deep Koalarization (Baldassarre et al.'s paper and
+code): the decoder is the seed's (conv 128, up, conv 64, up, conv 32, conv 16, conv 2 tanh,
+up), where Deep Koalarization's is conv 128, up, conv 64, conv 64, up, conv 32, conv 2 tanh,
+up; and the embedding is the classifier's softmax, where Deep Koalarization takes the layer
+before it. ``embedding="logits"`` gives that: unbounded class scores, which keep the relative
+evidence for classes that a softmax squashes to ~0 (the encoder, fusion and decoder stay the
+seed's, so parameter counts and checkpoints are unchanged). The encoder and the 1x1 fusion to
+256 channels with ReLU are the same in both.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from colorizer.color import gray_baseline
+from colorizer.errors import ConfigError
 from colorizer.models.backbones import create_timm, freeze
 from colorizer.models.base import ColorizationModule
 from colorizer.models.blocks import conv_stack
@@ -19,6 +29,7 @@ from colorizer.models.blocks import conv_stack
 ENCODER_LAYERS = ["64s2", "128", "128s2", "256", "256s2", "512", "512", "256"]
 DECODER_LAYERS = ["128", "up", "64", "up", "32", "16", "2tanh", "up"]
 EMBEDDING_DIM = 1000  # the classifier's 1000 ImageNet classes
+EMBEDDINGS = ("softmax", "logits")
 
 
 class FullCNNColorizer(ColorizationModule):
@@ -44,8 +55,13 @@ class FullCNNColorizer(ColorizationModule):
         backbone_weights: str | None = None,
         backbone_download: bool = False,
         embedding_size: int | None = None,
+        embedding: str = "softmax",
     ):
         super().__init__(lr=lr, optimizer=optimizer, weight_decay=weight_decay)
+        if embedding not in EMBEDDINGS:
+            raise ConfigError(
+                f"model.embedding={embedding!r} is not one of: {', '.join(EMBEDDINGS)}"
+            )
         self.encoder = conv_stack(1, ENCODER_LAYERS)
         self.fusion = nn.Sequential(nn.Conv2d(256 + EMBEDDING_DIM, 256, 1), nn.ReLU(inplace=True))
         self.decoder = conv_stack(256, DECODER_LAYERS)
@@ -78,8 +94,10 @@ class FullCNNColorizer(ColorizationModule):
 
     @torch.no_grad()
     def embed(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[B, 1000]`` of the grayscale image (softmax, as the reference)."""
-        return self.backbone(self.backbone_input(l_norm)).float().softmax(dim=1)
+        """The grayscale image's class embedding ``[B, 1000]``: probabilities (``softmax``, the
+        Keras seed's) or the scores before the softmax (``logits``, Deep Koalarization's)."""
+        logits = self.backbone(self.backbone_input(l_norm)).float()
+        return logits if self.hparams.embedding == "logits" else logits.softmax(dim=1)
 
     def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
         features = self.encoder(l_norm)

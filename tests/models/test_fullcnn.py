@@ -120,3 +120,19 @@ def test_backbone_weights_from_the_hugging_face_cache(tmp_path, weights_state):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(snapshot / "model.safetensors")
+
+
+def test_embedding_is_the_softmax_or_the_scores_before_it(model):
+    l_norm = torch.rand(2, 1, 64, 64) * 2 - 1
+    logits_model = FullCNNColorizer(embedding="logits", embedding_size=75)
+    logits_model.backbone.load_state_dict(model.backbone.state_dict())
+    logits_model.embedding_size = model.embedding_size = 75
+    try:
+        probabilities, scores = model.embed(l_norm), logits_model.embed(l_norm)
+    finally:
+        model.embedding_size = 299
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2))
+    torch.testing.assert_close(scores.softmax(dim=1), probabilities)
+    assert count_parameters(logits_model) == 6_541_202
+    with pytest.raises(ConfigError, match="model.embedding='probs' is not one of: softmax, logits"):
+        FullCNNColorizer(embedding="probs")
