@@ -85,6 +85,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
         )
     model = instantiate(cfg.model)
+    if cfg.compile:
+        # Compiled code is cached per function (every nn.Sequential shares one forward) up
+        # to dynamo's recompile limit (8): the jobs of a sweep run in one process would
+        # exhaust it and silently run uncompiled. Each job starts from a clean cache.
+        torch._dynamo.reset()
     model.apply_speed_options(compile=bool(cfg.compile), channels_last=bool(cfg.channels_last))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))

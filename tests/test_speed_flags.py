@@ -1,0 +1,44 @@
+"""The GPU speed flags, exercised on the CPU: torch.compile (inductor), channels_last, bf16."""
+
+import csv
+import math
+
+import pytest
+
+from colorizer.evaluate import evaluate
+from colorizer.run import train
+from tests.conftest import QUICK, SMALL_MODELS
+
+FLAGS = ["compile=true", "channels_last=true", "trainer.precision=bf16-mixed"]
+# 32 test images: trainer=debug's 2 test batches of 16 cover them all, as evaluate does.
+DATA = ["data=synthetic", "data.num_val=32", "data.num_test=32", "data.batch_size=16"]
+# fullcnn's frozen classifier is any timm model: ResNet-18 compiles in a fraction of the time
+# Inception-ResNet-v2 takes on two cores, through the same code.
+SETTINGS = {**SMALL_MODELS, "fullcnn": [*SMALL_MODELS["fullcnn"], "model.backbone=resnet18"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_speed_flags_train_and_score_as_a_float32_evaluation_does(make_cfg, tmp_path, name):
+    summary = train(make_cfg(*SETTINGS[name], *QUICK, *DATA, *FLAGS, "logger=csv"))
+    (log,) = (tmp_path / "run").rglob("metrics.csv")
+    losses = [
+        float(value)
+        for row in csv.DictReader(log.open())
+        for key, value in row.items()
+        if key.startswith("train/") and value
+    ]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+
+    # The same checkpoint, evaluated uncompiled in float32 on the same test images.
+    reference = evaluate(
+        make_cfg(f"ckpt_path={summary['best_checkpoint']}", *DATA, "device=cpu",
+                 config_name="evaluate")
+    )  # fmt: skip
+    assert reference["num_images"] == 32
+    for metric in ("psnr", "mse", "ssim", "cf", "delta_cf"):
+        gray = f"test/gray_{metric}"  # no network involved: must be identical
+        assert summary[gray] == pytest.approx(reference[gray], rel=1e-6, abs=1e-9), gray
+        # The network ran in bf16 (8 significant bits, ~0.4 %) during the run's test.
+        key = f"test/{metric}"
+        assert summary[key] == pytest.approx(reference[key], rel=5e-3), key
