@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
@@ -118,45 +116,51 @@ class TrainingThroughput(L.Callback):
         return time.perf_counter()
 
 
-class StepProgressBar(RichProgressBar):
-    """Rich progress bar that counts optimizer steps when training is step-based.
+class LastCheckpoint(L.Callback):
+    """``last.ckpt``: the whole training state, rewritten after every validation within fit and
+    every ``every_n_train_steps`` optimizer steps, so a killed run loses at most that many.
 
-    Lightning's default describes epochs ("Epoch 41/-2" with ``max_epochs=-1``), which says
-    nothing when training runs for ``trainer.max_steps``.
+    One file, replaced in place (the best checkpoint, kept by ``ModelCheckpoint``, holds only
+    weights): Lightning's own ``save_last`` rewrites it only when a new best was saved, so
+    its "last" could be an older state. Model, optimizers, loops and callbacks' states (the
+    random generators) are in it; ``ckpt_path=last`` resumes from it.
     """
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        trainer = self.trainer
-        if trainer.max_steps is None or trainer.max_steps < 0:
-            return super()._get_train_description(current_epoch)
-        description = f"step {trainer.global_step}/{trainer.max_steps}"
-        return f"{description:{len(self.validation_description)}}"
+    def __init__(
+        self, dirpath: str, every_n_train_steps: int = 100, filename: str = "last"
+    ) -> None:
+        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 1:
+            raise ConfigError(
+                f"callbacks.last.every_n_train_steps={every_n_train_steps!r} must be >= 1"
+            )
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at = -1
+        self._interval_index = 0
 
-    # Showing the logged values reads them to the host (``.item()``), which makes the host wait
-    # for the GPU. Lightning does it after every batch; here at most this often.
-    metrics_interval_s = 0.5
+    @property
+    def last_model_path(self) -> str:
+        return str(self.path) if self.path.is_file() else ""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics_shown_at = -math.inf
-        self._in_train_batch = False
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._interval_index = trainer.global_step // self.every_n_train_steps
 
-    def _update_metrics(self, trainer, pl_module) -> None:
-        now = time.monotonic()
-        if self._in_train_batch and now - self._metrics_shown_at < self.metrics_interval_s:
-            return
-        self._metrics_shown_at = now
-        super()._update_metrics(trainer, pl_module)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Crossing a multiple counts, not hitting it: the GAN's steps advance by two.
+        index = trainer.global_step // self.every_n_train_steps
+        if index > self._interval_index:
+            self._interval_index = index
+            self._save(trainer)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._in_train_batch = True
-        try:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        finally:
-            self._in_train_batch = False
-        if self.progress is not None and self.train_progress_bar_id is not None:
-            description = self._get_train_description(trainer.current_epoch)
-            self.progress.update(self.train_progress_bar_id, description=description)
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        # Every process takes part (the random states are gathered); rank 0 writes.
+        if self._saved_at != trainer.global_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self._saved_at = trainer.global_step
 
 
 class ValidateTheEnd(L.Callback):
@@ -234,7 +238,8 @@ class NonFiniteGuard(L.Callback):
     @staticmethod
     def _stop(trainer, what: str) -> None:
         saved = [
-            getattr(trainer.checkpoint_callback, attribute, "")
+            getattr(callback, attribute, "")
+            for callback in trainer.callbacks
             for attribute in ("last_model_path", "best_model_path")
         ]
         kept = next((path for path in saved if path and Path(path).is_file()), None)

@@ -29,6 +29,7 @@ from rich import progress
 from rich.console import Console
 from rich.text import Text
 
+from colorizer.console import quiet_libraries
 from colorizer.errors import ConfigError, TrainingDiverged
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -217,6 +218,7 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str = "config") -> N
 
     @functools.wraps(task)
     def guarded(cfg: DictConfig) -> Any:
+        quiet_libraries()  # Hydra has configured logging by now
         try:
             return task(cfg)
         except TrainingDiverged as err:

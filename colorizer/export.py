@@ -39,6 +39,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"output={output} must be an .onnx file name")
     model = load_model(str(cfg.ckpt_path))
+    model.allow_bf16 = False  # the graph and its check are float32 throughout
     for chatty in ("onnxscript", "onnx_ir"):  # their INFO lines list every optimisation pass
         logging.getLogger(chatty).setLevel(logging.WARNING)
     input_size = model.input_size

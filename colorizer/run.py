@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from colorizer.callbacks import TrainingThroughput
+from colorizer.callbacks import LastCheckpoint, TrainingThroughput
 from colorizer.cli import config_choice, run_app
 from colorizer.errors import ConfigError
-from datamodules.base import ImageDataModule
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +73,11 @@ def _refuse_sweep_relaunch(trainer: L.Trainer) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns what it writes to metrics.json."""
     run_dir = Path(cfg.paths.output_dir)
-    log.info("Run directory: %s", run_dir.resolve())
+    if rank_zero_only.rank == 0:  # the other DDP processes run this too
+        log.info("Run directory: %s", run_dir.resolve())
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
-    if isinstance(datamodule, ImageDataModule):
-        # Its training sampler resumes mid-epoch by itself (Lightning's warning assumes not).
-        warnings.filterwarnings(
-            "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
-        )
     model = instantiate(cfg.model)
     if cfg.compile:
         # Compiled code is cached per function (every nn.Sequential shares one forward) up
@@ -129,10 +123,20 @@ def _fit_and_test(
             f"({_hparams_diff(checkpoint_path, model)}): use the settings it was trained with"
         ) from err
     global_step = trainer.global_step
-    checkpoint = trainer.checkpoint_callback
-    best = None
-    if isinstance(checkpoint, ModelCheckpoint):
-        best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    # The best by val/psnr; without validation, the last state.
+    saved = [
+        getattr(callback, attribute, "")
+        for attribute in ("best_model_path", "last_model_path")
+        for callback in trainer.callbacks
+        if isinstance(callback, ModelCheckpoint | LastCheckpoint)
+    ]
+    best = next((path for path in saved if path), None)
+    last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    if best and last is not None and trainer.is_global_zero:
+        store_final_state_once(best, last.path)
+    if best and trainer.is_global_zero:
+        log.info("Scoring the best checkpoint, %s, on the validation and test images", best)
+        warn_if_uneven(trainer, datamodule)
     # Validation and test both measure the best checkpoint, so the two agree on one model.
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -154,9 +158,39 @@ def _fit_and_test(
     return summary
 
 
+def warn_if_uneven(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+    """Under DDP each process gets as many images: a split that does not divide evenly has a
+    few repeated, which shifts its metrics a little (colorizer.evaluate scores it exactly)."""
+    processes = trainer.world_size
+    for split in ("val", "test"):
+        dataset = getattr(datamodule, f"{split}_set", None)
+        size = len(dataset) if dataset is not None else 0  # type: ignore[arg-type]
+        if processes > 1 and size % processes:
+            log.warning(
+                "the %s split's %d images do not divide among %d processes: %d are scored "
+                "twice; colorizer.evaluate gives its exact metrics",
+                split, size, processes, processes - size % processes,
+            )  # fmt: skip
+
+
+def store_final_state_once(best: str, last: Path) -> None:
+    """When the best checkpoint is the run's final state, make it the same file as
+    ``last.ckpt`` (a hard link), so that the final state takes disk space once."""
+    if not last.is_file() or Path(best) == last:
+        return
+    if _checkpoint(best)["global_step"] != _checkpoint(str(last))["global_step"]:
+        return
+    linked = Path(best).with_suffix(".link")
+    try:
+        os.link(last, linked)  # a new name for last's data, then swapped in atomically
+        os.replace(linked, best)
+    except OSError:  # a file system without hard links keeps two files
+        linked.unlink(missing_ok=True)
+
+
 def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) -> str | None:
     """The checkpoint to resume from: ``ckpt_path``; for ``last`` the newest ``last*.ckpt``
-    of this run directory (the validation-time ``last.ckpt`` or ``last-periodic.ckpt``); for
+    of this run directory (``callbacks.last`` writes ``last.ckpt``); for
     ``auto`` the same if there is one, else none (a fresh start).
 
     A job started by submitit (``hydra/launcher=slurm``) runs as ``auto`` once its run

@@ -20,10 +20,13 @@ from colorizer.cli import CONFIG_DIR
 # Small, fast settings for end-to-end runs on two CPU cores.
 QUICK = ["data=synthetic", "trainer=debug", "logger=none", "trainer.accelerator=cpu"]
 # Small but real settings per model, for two CPU cores (the GAN's U-Net at depth 6 works at 64²).
+# fullcnn's frozen classifier is timm's 0.47 M-parameter test_resnet, through the same code as
+# the default Inception-ResNet-v2 (55.8 M), which tests/models/test_fullcnn.py, test_frozen.py
+# and the default run in test_run.py use.
 SMALL_MODELS = {
     "alpha": ["model=alpha", "model.optimizer=adam"],
     "beta": ["model=beta", "model.lr=3e-4"],  # the seed recipe's RMSprop (Keras defaults)
-    "fullcnn": ["model=fullcnn", "model.embedding_size=75"],
+    "fullcnn": ["model=fullcnn", "model.backbone=test_resnet", "model.embedding_size=64"],
     "gan": ["model=gan", "model.depth=6", "model.base_channels=16", "model.disc_channels=16"],
 }
 

@@ -31,7 +31,10 @@ DDP = [
 def test_ddp_metrics_equal_a_single_process_evaluation(cli, make_cfg, tmp_path, name):
     result = cli("colorizer.run", *SMALL_MODELS[name], *DDP, "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
+    assert "on cpu x 2 processes" in result.stdout
+    second = (tmp_path / "run" / "train_ddp_process_1.log").read_text()  # rank 1's log
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in second
+    assert (result.stdout + result.stderr).count("Run directory:") == 2  # rank 0: start, end
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for split in ("val", "test"):
         cfg = make_cfg(

@@ -47,7 +47,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path)
 
 @pytest.mark.parametrize(
     "checkpoint",
-    ["last-periodic", "last"],  # saved after a training batch; saved after a validation
+    ["steps", "validation"],  # last.ckpt saved after a training batch; after a validation
 )
 def test_run_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
     make_cfg, tmp_path, checkpoint
@@ -59,9 +59,13 @@ def test_run_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
     whole_weights = final_weights(tmp_path / "run")
     (tmp_path / "run").rename(tmp_path / "whole")
 
-    stop = ["trainer.max_steps=4", "callbacks.periodic.every_n_train_steps=4"]
+    # Saved every 4 steps; or at the validation of the end of the run (and not every 4 steps).
+    every = 4 if checkpoint == "steps" else 1000
+    stop = ["trainer.max_steps=4", f"callbacks.last.every_n_train_steps={every}"]
+    if checkpoint == "steps":
+        stop.append("callbacks.validate_the_end=null")
     train(make_cfg(*EPOCHS, "trainer.max_epochs=2", *stop))
-    saved = tmp_path / "run" / "checkpoints" / f"{checkpoint}.ckpt"
+    saved = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(saved, weights_only=True)["global_step"] == 4
     resumed = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", f"ckpt_path={saved}"))
     assert resumed["global_step"] == 6
@@ -99,24 +103,24 @@ def test_requeued_job_prefers_its_own_checkpoint_to_the_one_it_started_from(tmp_
     assert resume_from(str(start), run, model) == str(start)  # first start: as asked
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"colorizer_model": "colorizer.models.alpha:AlphaColorizer"},
-               run / "checkpoints" / "last-periodic.ckpt")  # fmt: skip
-    own = str(run / "checkpoints" / "last-periodic.ckpt")
+               run / "checkpoints" / "last.ckpt")  # fmt: skip
+    own = str(run / "checkpoints" / "last.ckpt")
     assert resume_from(str(start), run, model) == own  # requeued: its own progress
     assert resume_from(None, run, model) == own
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
     assert resume_from(str(start), run, model) == str(start)  # outside submitit: as asked
 
 
-def test_killed_run_resumes_from_its_periodic_checkpoint(tmp_path):
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [
         sys.executable, "-m", "colorizer.run", "model=alpha", "data=synthetic",
         "data.num_train=4096", "data.batch_size=4", "data.image_size=32", "logger=none",
         "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
-        "callbacks.periodic.every_n_train_steps=5", f"hydra.run.dir={run}",
+        "callbacks.last.every_n_train_steps=5", f"hydra.run.dir={run}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    periodic = run / "checkpoints" / "last-periodic.ckpt"
+    periodic = run / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([*args, "trainer.max_steps=100000"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -138,6 +142,9 @@ def test_killed_run_resumes_from_its_periodic_checkpoint(tmp_path):
     resumed = subprocess.run([*args, target, "ckpt_path=last"], env=env, capture_output=True,
                              text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Restoring states from the checkpoint path at {periodic}" in resumed.stderr
+    assert f"Resuming from {periodic}" in resumed.stderr
+    assert (
+        f"Restoring states from the checkpoint path at {periodic}" in (run / "run.log").read_text()
+    )
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["global_step"] == killed_at + 20

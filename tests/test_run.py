@@ -1,6 +1,7 @@
 """The training entry point, in process and as the real CLI."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -50,6 +51,22 @@ def test_cli_default_data_is_the_embedded_photographs(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"] == "curated" and metrics["test/psnr"] > 10
+
+    # The console: phases, progress with a rate, one line per validation, the table, and
+    # the one warning that matters (once); Lightning's chatter only in the log file.
+    console = result.stdout + result.stderr
+    for noise in ("litlogger", "LeafSpec", "FLOPs", "eval mode", "logging interval",
+                  "GPU available", "Restoring states", "Traceback"):  # fmt: skip
+        assert noise not in console, noise
+    assert console.count("warning: PretrainedWeightsMissing: No pretrained weights") == 1
+    assert "training fullcnn: 6.54 M trainable parameters (+ 55.8 M frozen), on cpu" in console
+    validations = [line for line in console.splitlines() if " · val psnr " in line]
+    assert [line.split(" · ")[0] for line in validations] == ["step 2", "step 4"]
+    assert all("psnr" in line and "(gray " in line and " · ssim " in line for line in validations)
+    rates = re.findall(r"step 4/4 .* (\d+\.\d+) steps/s", console)
+    assert rates and float(rates[-1]) > 0
+    assert "gray baseline" in result.stdout
+    assert "Restoring states from the checkpoint path" in (run / "run.log").read_text()
 
 
 def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):

@@ -84,7 +84,7 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
             "colorizer.run", "--multirun", "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=30",
             *SMALL_MODELS["alpha"], *QUICK, "trainer.max_steps=12",
-            "trainer.val_check_interval=12", "callbacks.periodic.every_n_train_steps=4",
+            "trainer.val_check_interval=12", "callbacks.last.every_n_train_steps=4",
             "+callbacks.preempt._target_=tests.test_slurm.PreemptOnce",
             "+callbacks.preempt.step=6", "seed=1,2",
     )  # fmt: skip
@@ -97,7 +97,7 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
         log = (run / "run.log").read_text()  # both tries of the job, submitit's lines too
         assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, log
         assert "Requeued job" in log
-        assert f"Resuming from {run.resolve()}/checkpoints/last-periodic.ckpt" in log
+        assert f"Resuming from {run.resolve()}/checkpoints/last.ckpt" in log
         summary = json.loads((run / "metrics.json").read_text())
         assert summary["global_step"] == 12  # the whole run, not 12 more steps after a restart
 

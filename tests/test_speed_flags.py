@@ -12,15 +12,12 @@ from tests.conftest import QUICK, SMALL_MODELS
 FLAGS = ["compile=true", "channels_last=true", "trainer.precision=bf16-mixed"]
 # 32 test images: trainer=debug's 2 test batches of 16 cover them all, as evaluate does.
 DATA = ["data=synthetic", "data.num_val=32", "data.num_test=32", "data.batch_size=16"]
-# fullcnn's frozen classifier is any timm model: ResNet-18 compiles in a fraction of the time
-# Inception-ResNet-v2 takes on two cores, through the same code.
-SETTINGS = {**SMALL_MODELS, "fullcnn": [*SMALL_MODELS["fullcnn"], "model.backbone=resnet18"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("name", list(SMALL_MODELS))
 def test_speed_flags_train_and_score_as_a_float32_evaluation_does(make_cfg, tmp_path, name):
-    summary = train(make_cfg(*SETTINGS[name], *QUICK, *DATA, *FLAGS, "logger=csv"))
+    summary = train(make_cfg(*SMALL_MODELS[name], *QUICK, *DATA, *FLAGS, "logger=csv"))
     (log,) = (tmp_path / "run").rglob("metrics.csv")
     losses = [
         float(value)

@@ -92,7 +92,7 @@ def test_cli_optuna_sweep_records_the_best_trial(cli, tmp_path):
 # small on two CPU cores exist only on those models, so each of them runs in a multirun of its own.
 MULTIRUNS = {
     "alpha,beta": ["model=alpha,beta"],
-    "fullcnn": ["model=fullcnn", "model.embedding_size=75"],
+    "fullcnn": ["model=fullcnn", "model.backbone=test_resnet", "model.embedding_size=64"],
     "gan": ["model=gan", "model.depth=6", "model.base_channels=8", "model.disc_channels=8"],
 }
 

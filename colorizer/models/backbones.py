@@ -12,6 +12,7 @@ Where weights come from, in order:
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -32,10 +33,14 @@ class PretrainedWeightsMissing(UserWarning):
 
 
 def create_timm(name: str, **kwargs) -> nn.Module:
-    """A randomly initialised timm model, with a one-line error for an unknown name."""
+    """A timm model, randomly initialised from a fixed seed (the same weights in every build,
+    so a frozen random network need not be stored: ``colorizer.models.frozen``), with a
+    one-line error for an unknown name. The global random generators are left untouched."""
     if name not in timm.list_models(name):
         raise ConfigError(f"unknown timm model {name!r}: see timm.list_models() for the names")
-    return timm.create_model(name, pretrained=False, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(0)  # the CPU's, where timm initialises
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def cached_weights(model: nn.Module) -> Path | None:
@@ -101,7 +106,8 @@ def load_pretrained(model: nn.Module, *, weights: str | None, download: bool, wh
     if download:
         pretrained = timm.create_model(name, pretrained=True)  # the user asked: network allowed
         load_into(model, pretrained.state_dict(), f"download of {name}")
-        return f"download of {name}"
+        cached = cached_weights(model)  # where timm put the download, if in the HF cache
+        return str(cached) if cached is not None else f"download of {name}"
     warnings.warn(
         f"No pretrained weights for {name}: not in {what}_weights, nor in the Hugging Face "
         f"cache ({model.pretrained_cfg.get('hf_hub_id')}). It starts from RANDOM weights, so "
@@ -111,6 +117,17 @@ def load_pretrained(model: nn.Module, *, weights: str | None, download: bool, wh
         stacklevel=2,
     )
     return "random"
+
+
+@functools.cache
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (emulated bf16 is slower than float32):
+    GPUs from Ampere on, CPUs with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
 
 
 def freeze(module: nn.Module) -> nn.Module:

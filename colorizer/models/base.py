@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +21,8 @@ from torch import nn
 from colorizer.color import gray_baseline, luminance_of, merge_lab, split_lab
 from colorizer.errors import ConfigError
 from colorizer.metrics import colorization_metrics, update_metrics
-from colorizer.models.backbones import load_pretrained
+from colorizer.models import frozen
+from colorizer.models.backbones import load_into, load_pretrained, read_state_dict
 from colorizer.models.blocks import conv_stack
 
 OPTIMIZERS = {
@@ -73,10 +75,14 @@ class ColorizationModule(L.LightningModule):
     Class attributes a subclass may set:
         input_size: the fixed working size of the network (None: fully convolutional).
         size_multiple: for fully convolutional nets, the factor H and W must be divisible by.
+        allow_bf16: see below.
     """
 
     input_size: int | None = None
     size_multiple: int = 1
+    # Parts that tolerate it (fullcnn's frozen classifier) may run in bfloat16 where the
+    # device computes it natively; colorizer.export turns this off (ONNX graphs are float32).
+    allow_bf16: bool = True
 
     def __init__(self, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0):
         super().__init__()
@@ -87,6 +93,7 @@ class ColorizationModule(L.LightningModule):
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
         self.save_hyperparameters()
         self.weight_sources: dict[str, str] = {}
+        self._fingerprints: dict[tuple[str, str], str] = {}
         self._first_nonfinite: dict[str, torch.Tensor] = {}
         self.metrics = nn.ModuleDict()
         for stage in EVAL_STAGES:
@@ -105,10 +112,10 @@ class ColorizationModule(L.LightningModule):
         """
         return {}
 
-    def setup(self, stage: str) -> None:
-        # Pretrained weights are loaded before training only: a resumed run then overwrites
-        # them with its checkpoint, and a checkpoint loaded for inference already holds them.
-        if stage == "fit" and not self.weight_sources:
+    def on_fit_start(self) -> None:
+        # Lightning restores a resumed run's checkpoint before this hook, and that restores
+        # every pretrained part too (``weight_sources``): only a fresh run loads them here.
+        if not self.weight_sources:
             self.load_pretrained_weights()
 
     def load_pretrained_weights(self) -> dict[str, str]:
@@ -117,7 +124,19 @@ class ColorizationModule(L.LightningModule):
             self.weight_sources[what] = load_pretrained(
                 module, weights=weights, download=download, what=what
             )
+        self._fingerprints.clear()
         return self.weight_sources
+
+    def frozen_parts(self) -> dict[str, tuple[str, nn.Module, str]]:
+        """Pretrained parts that training never changes (no trainable parameter), which
+        checkpoints reference instead of copying (``frozen.strip``): config prefix ->
+        (state-dict prefix, module, source of its weights)."""
+        prefixes = {id(module): name for name, module in self.named_modules()}
+        return {
+            what: (prefixes[id(module)], module, self.weight_sources.get(what, frozen.RANDOM))
+            for what, (module, _, _) in self.pretrained_parts().items()
+            if not any(parameter.requires_grad for parameter in module.parameters())
+        }
 
     def apply_speed_options(self, compile: bool = False, channels_last: bool = False) -> None:
         """Speed-ups for GPUs, applied to each network submodule (not the metrics).
@@ -219,6 +238,17 @@ class ColorizationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets colorizer.load_model rebuild the right class without Hydra or the config.
         checkpoint["colorizer_model"] = f"{type(self).__module__}:{type(self).__qualname__}"
+        frozen.strip(checkpoint, self.frozen_parts(), self._fingerprints)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        modules = {what: module for what, (module, _, _) in self.pretrained_parts().items()}
+        restored = frozen.restore(checkpoint, modules, self._load_weights_file)
+        # Parts not referenced were stored in the checkpoint: it is their source from now on.
+        self.weight_sources = {what: restored.get(what, "checkpoint") for what in modules}
+
+    @staticmethod
+    def _load_weights_file(module: nn.Module, path: Path, what: str) -> None:
+        load_into(module, read_state_dict(path), str(path))
 
 
 class PlainCNNColorizer(ColorizationModule):

@@ -74,7 +74,7 @@ def test_backbone_weights_from_a_local_file(tmp_path, weights_state, suffix):
     else:
         torch.save({"state_dict": weights_state}, path)
     model = FullCNNColorizer(backbone_weights=str(path))
-    model.setup("fit")
+    model.on_fit_start()
     assert model.weight_sources == {"model.backbone": str(path)}
     for name, tensor in model.backbone.state_dict().items():
         torch.testing.assert_close(tensor, weights_state[name], msg=name)
@@ -83,19 +83,19 @@ def test_backbone_weights_from_a_local_file(tmp_path, weights_state, suffix):
 def test_missing_weights_file_is_a_config_error():
     model = FullCNNColorizer(backbone_weights="/nonexistent/irv2.pth")
     with pytest.raises(ConfigError, match="model.backbone_weights=/nonexistent/irv2.pth"):
-        model.setup("fit")
+        model.on_fit_start()
 
 
 def test_no_weights_anywhere_warns_once_and_stays_random(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     model = FullCNNColorizer()
     with pytest.warns(PretrainedWeightsMissing, match="RANDOM") as caught:
-        model.setup("fit")
+        model.on_fit_start()
     assert len(caught) == 1
     assert model.weight_sources == {"model.backbone": "random"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.setup("fit")  # looked up once per model, not again at every stage
+        model.on_fit_start()  # looked up once per model, not again at every fit
 
 
 def test_backbone_weights_from_the_hugging_face_cache(tmp_path, weights_state):
@@ -112,7 +112,7 @@ def test_backbone_weights_from_the_hugging_face_cache(tmp_path, weights_state):
         warnings.simplefilter("error")  # no "missing weights" warning may be raised
         from colorizer.models.fullcnn import FullCNNColorizer
         model = FullCNNColorizer()
-        model.setup("fit")
+        model.on_fit_start()
         print(model.weight_sources["model.backbone"])
         """
     )

@@ -66,7 +66,7 @@ def test_resnet18_generator_with_encoder_weights_from_a_file(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     model = GANColorizer(generator="resnet18", encoder_weights=str(path))
-    model.setup("fit")
+    model.on_fit_start()
     assert model.weight_sources == {"model.encoder": str(path)}
     first = model.generator.encoder.conv1.weight
     assert first.shape[1] == 1  # adapted to gray input by summing the RGB filters
