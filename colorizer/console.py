@@ -166,7 +166,8 @@ class TrainingProgress(ProgressBar):
             f"training {name}: {trainable / 1e6:.2f} M trainable parameters"
             + (f" (+ {frozen / 1e6:.1f} M frozen)" if frozen else "")
             + f", on {trainer.strategy.root_device.type}"
-            + (f" x {trainer.world_size} processes" if trainer.world_size > 1 else "")
+            + (f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""),
+            soft_wrap=True,
         )
         done, total, unit = self._steps(trainer)
         self._bar = self._start(transient=False)

@@ -15,6 +15,9 @@ The gray baseline (ab = 0) is measured with a clone of the same collection, pref
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
@@ -111,19 +114,42 @@ class ColourfulnessGap(Metric):
         return ((self.pred_total - self.target_total).abs() / count).float()
 
 
+# Where PyTorch keeps the float32 precision of convolutions and matrix products: cuDNN's
+# convolutions default to TF32 (Ampere and later GPUs); oneDNN's follow the user's choice.
+_FLOAT32_PRECISION_SETTINGS = (
+    torch.backends.cudnn.conv,
+    torch.backends.mkldnn.conv,
+    torch.backends.cuda.matmul,
+    torch.backends.mkldnn.matmul,
+)
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products at full (IEEE) precision within the block,
+    whatever ``fp32_precision`` says (TF32 or bf16); the settings are restored after."""
+    saved = [(backend, backend.fp32_precision) for backend in _FLOAT32_PRECISION_SETTINGS]
+    try:
+        for backend, _ in saved:
+            backend.fp32_precision = "ieee"
+        yield
+    finally:
+        for backend, value in saved:
+            backend.fp32_precision = value
+
+
 def update_metrics(metrics: MetricCollection, preds: torch.Tensor, target: torch.Tensor) -> None:
-    """Update in float64 with autocast disabled, whatever precision the step runs in.
+    """Update in float32 at full precision, whatever precision the step runs in.
 
     SSIM filters with a convolution, and its local variances are differences of nearly equal
     terms (``conv(x²) - conv(x)²``), so the convolution's precision decides the result: under
-    bf16 autocast a gray baseline scored SSIM -0.08; in TF32, which Ampere and later GPUs use
-    for float32 convolutions by default, SSIM of photographs drops by ~0.003-0.03. Neither
-    autocast nor TF32 touches float64, so metrics are exact under any precision setting
-    (Apple's MPS has no float64, and no TF32 either: float32 there).
+    bf16 autocast a gray baseline scored SSIM -0.08; in TF32, which GPUs from Ampere on use
+    for float32 convolutions by default, SSIM of photographs drops by ~0.003-0.03. So autocast
+    is off and TF32 (or bf16) convolutions are switched off around the update. (float64 would
+    do too, but its convolutions are ~30x slower on a CPU.)
     """
-    dtype = torch.float32 if preds.device.type == "mps" else torch.float64
-    with torch.autocast(device_type=preds.device.type, enabled=False):
-        metrics.update(preds.to(dtype), target.to(dtype))
+    with torch.autocast(device_type=preds.device.type, enabled=False), full_float32():
+        metrics.update(preds.float(), target.float())
 
 
 def colorization_metrics() -> MetricCollection:

@@ -261,7 +261,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("gray baseline", *(cell(f"test/gray_{name}") for name in SUMMARY_METRICS))
     console = Console()
     console.print(table)
-    console.print(f"Run directory: {summary['run_dir']}")
+    console.print(f"Run directory: {summary['run_dir']}", soft_wrap=True)
 
 
 def train_for_sweep(cfg: DictConfig) -> float | None:

@@ -147,9 +147,12 @@ def _round_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
-def test_metrics_are_exact_when_convolutions_run_in_tf32(monkeypatch):
-    """Ampere+ GPUs run float32 convolutions in TF32 by default (cuDNN): emulate that here by
-    rounding every float32 convolution's operands, and the metrics must not move."""
+@pytest.mark.parametrize("setting", ["tf32", "bf16"])
+def test_metrics_are_exact_whatever_the_float32_precision_setting(monkeypatch, setting):
+    """GPUs from Ampere on run float32 convolutions in TF32 by default (cuDNN's
+    ``fp32_precision`` is "tf32"); users may choose TF32 or bf16 for oneDNN too. Emulate the
+    setting on the CPU by rounding the operands of every float32 convolution to TF32 while the
+    setting asks for reduced precision: the metrics must not move."""
     from skimage import data
     from torchvision.transforms.functional import resize
 
@@ -169,11 +172,20 @@ def test_metrics_are_exact_when_convolutions_run_in_tf32(monkeypatch):
 
     exact = scores()
     conv2d = torch.nn.functional.conv2d
-    monkeypatch.setattr(
-        torch.nn.functional, "conv2d",
-        lambda x, w, *args, **kw: conv2d(_round_to_tf32(x), _round_to_tf32(w), *args, **kw),
-    )  # fmt: skip
-    in_tf32 = scores()
+
+    def reduced_precision_conv2d(x, weight, *args, **kwargs):
+        if torch.backends.mkldnn.conv.fp32_precision in ("tf32", "bf16"):
+            x, weight = _round_to_tf32(x), _round_to_tf32(weight)
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", reduced_precision_conv2d)
+    before = torch.backends.mkldnn.conv.fp32_precision
+    torch.backends.mkldnn.conv.fp32_precision = setting
+    try:
+        reduced = scores()
+        assert torch.backends.mkldnn.conv.fp32_precision == setting  # the user's, kept
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision = before
     for key, value in exact.items():
-        assert in_tf32[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+        assert reduced[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
     assert 0.5 < exact["ssim"] < 0.99
