@@ -55,6 +55,15 @@ def _strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
     return options
 
 
+def _evaluation_mode_for(cfg: DictConfig) -> dict[str, Any]:
+    """A compiled network evaluates under ``no_grad`` in validate and test too: compiled code
+    is specialised on inference mode, and Lightning's default (inference mode in validate and
+    test, ``no_grad`` in the validations of fit) would compile every network once more."""
+    if cfg.compile and "inference_mode" not in cfg.trainer:
+        return {"inference_mode": False}
+    return {}
+
+
 def _refuse_sweep_relaunch(trainer: L.Trainer) -> None:
     """Lightning's DDP starts the other processes of a machine by re-running the command line;
     in a Hydra multirun that command is the whole sweep, so each would start it again."""
@@ -88,7 +97,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_strategy_for(cfg, model)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **_strategy_for(cfg, model),
+        **_evaluation_mode_for(cfg),
     )
     if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only)")

@@ -4,6 +4,7 @@ import csv
 import math
 
 import pytest
+import torch._dynamo
 
 from colorizer.evaluate import evaluate
 from colorizer.run import train
@@ -12,12 +13,20 @@ from tests.conftest import QUICK, SMALL_MODELS
 FLAGS = ["compile=true", "channels_last=true", "trainer.precision=bf16-mixed"]
 # 32 test images: trainer=debug's 2 test batches of 16 cover them all, as evaluate does.
 DATA = ["data=synthetic", "data.num_val=32", "data.num_test=32", "data.batch_size=16"]
+GRAPHS = {"alpha": 3, "fullcnn": 10, "gan": 5}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SMALL_MODELS))
+@pytest.mark.parametrize("name", ["alpha", "fullcnn", "gan"])  # beta is alpha's class
 def test_speed_flags_train_and_score_as_a_float32_evaluation_does(make_cfg, tmp_path, name):
+    torch._dynamo.utils.counters.clear()
     summary = train(make_cfg(*SMALL_MODELS[name], *QUICK, *DATA, *FLAGS, "logger=csv"))
+    # Each network compiles for training, for evaluation (validation, test and the sample
+    # grids alike: one grad and autocast state) and once more with a dynamic batch size when a
+    # batch of another size arrives (the grids' 8 images). fullcnn's frozen classifier only
+    # evaluates, in no_grad from the start: once. The GAN's
+    # discriminator trains twice (as D, and frozen under G's loss) and never evaluates.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == GRAPHS[name]
     (log,) = (tmp_path / "run").rglob("metrics.csv")
     losses = [
         float(value)
