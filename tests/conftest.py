@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
@@ -90,6 +94,60 @@ def cli(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture
+def main_of(tmp_path, monkeypatch, capsys):
+    """``main_of("colorizer.run", args...)``: the entry point's ``main()`` run in this process
+    as ``python -m colorizer.run args...`` would run it (same argv, working directory tmp_path,
+    Hydra's logging), without a new interpreter's imports; returns a CompletedProcess with the
+    exit status and what it printed. The logging and warning settings a run changes are put
+    back afterwards. ``cli`` runs the real subprocess where that matters (signals, DDP)."""
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        capsys.readouterr()
+        saved = _global_output_state()
+        status = 0
+        try:
+            GlobalHydra.instance().clear()
+            importlib.import_module(module).main()
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        finally:
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = None
+            _restore_output_state(saved)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], status, out, err)
+
+    return run
+
+
+def _global_output_state() -> dict:
+    loggers = [logging.getLogger(name) for name in ("", "lightning", "lightning.pytorch",
+               "lightning.fabric", "pytorch_lightning")]  # fmt: skip
+    return {
+        "loggers": [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers],
+        "filters": list(warnings.filters),
+        "showwarning": warnings.showwarning,
+    }
+
+
+def _restore_output_state(saved: dict) -> None:
+    for logger, handlers, level, propagate in saved["loggers"]:
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+    for handler in logging.getLogger().handlers:  # filters a run added (console.quiet_libraries)
+        handler.filters.clear()
+    warnings.filters[:] = saved["filters"]
+    warnings.showwarning = saved["showwarning"]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -19,8 +19,8 @@ DATA_KEYS = ("data_images_per_s", "data_uncached_images_per_s", "data_workers_im
 DATA_KEYS += ("reference_data_images_per_s",)
 
 
-def test_cli_writes_bench_json_with_every_measure(cli, tmp_path):
-    result = cli("colorizer.bench", *BRIEF, "hydra.run.dir=run")
+def test_cli_writes_bench_json_with_every_measure(main_of, tmp_path):
+    result = main_of("colorizer.bench", *BRIEF, "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert (report["model"], report["data"], report["image_size"]) == ("alpha", "curated", 128)

@@ -79,12 +79,12 @@ def lightness_error(source: Path, output: Path) -> np.ndarray:
 
 
 def test_folder_of_awkward_photos_keeps_sizes_and_luminance_and_counts_failures(
-    cli, tmp_path, checkpoint_of
+    main_of, tmp_path, checkpoint_of
 ):
     photos, out = tmp_path / "photos", tmp_path / "coloured"
     write_photo_folder(photos)
     args = [f"ckpt_path={checkpoint_of('alpha')}", f"input={photos}", f"output={out}"]
-    result = cli("colorizer.colorize", *args, "batch_size=3", "hydra.run.dir=run")
+    result = main_of("colorizer.colorize", *args, "batch_size=3", "hydra.run.dir=run")
     assert result.returncode == 1, result.stderr  # some photos failed
     assert "Traceback" not in result.stderr
     for name, reason in BAD.items():
@@ -111,20 +111,20 @@ def test_folder_of_awkward_photos_keeps_sizes_and_luminance_and_counts_failures(
     assert metadata.get(0x0112) == 1  # and its pixels are upright, so orientation is reset
 
 
-def test_rerun_skips_done_photos_and_exits_zero_when_all_succeed(cli, tmp_path, checkpoint_of):
+def test_rerun_skips_done_photos_and_exits_zero_when_all_succeed(main_of, tmp_path, checkpoint_of):
     photos, out = tmp_path / "photos", tmp_path / "coloured"
     write_photo_folder(photos)
     common = [f"ckpt_path={checkpoint_of('alpha')}", f"output={out}", "hydra.run.dir=run"]
-    first = cli("colorizer.colorize", *common, f"input={photos}/scans/*.png", "format=jpg")
+    first = main_of("colorizer.colorize", *common, f"input={photos}/scans/*.png", "format=jpg")
     assert first.returncode == 0, first.stderr
     assert sorted(p.name for p in out.iterdir()) == ["scan.jpg", "scan16.jpg"]  # glob base kept
-    again = cli("colorizer.colorize", *common, f"input={photos}/scans/*.png", "format=jpg")
+    again = main_of("colorizer.colorize", *common, f"input={photos}/scans/*.png", "format=jpg")
     assert again.returncode == 0, again.stderr
     assert "colorized 0 of 2, skipped 2 (2 output exists" in again.stderr
 
 
-def test_usage_errors_are_one_line_with_status_2(cli, tmp_path, checkpoint_of):
-    result = cli(
+def test_usage_errors_are_one_line_with_status_2(main_of, tmp_path, checkpoint_of):
+    result = main_of(
         "colorizer.colorize", f"ckpt_path={checkpoint_of('alpha')}", "input=nowhere", "output=out"
     )
     assert_one_line_error(result, "input=nowhere does not exist")

@@ -18,9 +18,9 @@ MISTAKES = {
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
-def test_mistake_is_one_line(cli, mistake):
+def test_mistake_is_one_line(main_of, mistake):
     overrides, fragment = MISTAKES[mistake]
-    result = cli("colorizer.run", *overrides, "trainer=debug", "logger=none")
+    result = main_of("colorizer.run", *overrides, "trainer=debug", "logger=none")
     assert_one_line_error(result, fragment)
 
 
@@ -32,25 +32,25 @@ def test_mistake_is_one_line(cli, mistake):
         (["model=alpha", "model.lr=1e-3,,"], "'model.lr=1e-3,,' is not a valid override"),
     ],
 )
-def test_mistake_in_a_sweep_is_one_line_before_any_job(cli, tmp_path, sweep, fragment):
-    result = cli("colorizer.run", "--multirun", *sweep, "hydra.sweep.dir=sweep", *QUICK)
+def test_mistake_in_a_sweep_is_one_line_before_any_job(main_of, tmp_path, sweep, fragment):
+    result = main_of("colorizer.run", "--multirun", *sweep, "hydra.sweep.dir=sweep", *QUICK)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "sweep").exists()
 
 
-def test_empty_dataset_says_so(cli, tmp_path):
+def test_empty_dataset_says_so(main_of, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = cli("colorizer.run", "model=alpha", "data.root=empty", "trainer=debug")
+    result = main_of("colorizer.run", "model=alpha", "data.root=empty", "trainer=debug")
     assert_one_line_error(result, "empty contains no image files", "add images or fix data.root")
 
 
-def test_checkpoint_of_another_model_or_other_settings(cli, checkpoint_of):
+def test_checkpoint_of_another_model_or_other_settings(main_of, checkpoint_of):
     gan = checkpoint_of("gan")
-    result = cli("colorizer.run", "model=alpha", *QUICK, f"ckpt_path={gan}")
+    result = main_of("colorizer.run", "model=alpha", *QUICK, f"ckpt_path={gan}")
     assert_one_line_error(
         result, "is a gan checkpoint, but this run builds model=alpha: add model=gan"
     )
     wider = [*SMALL_MODELS["gan"], "model.base_channels=32"]
-    result = cli("colorizer.run", *wider, *QUICK, f"ckpt_path={gan}")
+    result = main_of("colorizer.run", *wider, *QUICK, f"ckpt_path={gan}")
     assert_one_line_error(result, "was trained with other model settings",
                           "model.base_channels=16 there, 32 here")  # fmt: skip

@@ -151,8 +151,8 @@ def test_a_forgotten_checkpoint_is_named(make_cfg):
     ],
     ids=["missing-checkpoint", "unknown-split"],
 )
-def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
-    result = cli("colorizer.evaluate", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
+def test_user_errors_end_in_one_line(main_of, tmp_path, args, fragments):
+    result = main_of("colorizer.evaluate", *args, f"hydra.run.dir={tmp_path / 'err'}")
     assert_one_line_error(result, *fragments)
 
 

@@ -61,8 +61,8 @@ def test_export_matches_pytorch_and_colorizes_like_it(make_cfg, tmp_path, checkp
         assert np.abs(from_torch.astype(int) - from_onnx).max() <= 1  # 8-bit rounding only
 
 
-def test_export_cli_and_the_deployment_example(cli, make_cfg, tmp_path, checkpoint_of):
-    result = cli(
+def test_export_cli_and_the_deployment_example(main_of, make_cfg, tmp_path, checkpoint_of):
+    result = main_of(
         "colorizer.export", f"ckpt_path={checkpoint_of('alpha')}", "output=alpha.onnx", "size=64"
     )
     assert result.returncode == 0, result.stderr
@@ -85,7 +85,7 @@ def test_export_cli_and_the_deployment_example(cli, make_cfg, tmp_path, checkpoi
     theirs = np.asarray(Image.open(tmp_path / "deployed.png")).astype(int)
     assert ours.shape == theirs.shape == (96, 160, 3)
     assert np.abs(ours - theirs).mean() < 1.0  # resizing details differ, the colours do not
-    bad = cli("colorizer.export", f"ckpt_path={checkpoint_of('alpha')}", "output=alpha.pt")
+    bad = main_of("colorizer.export", f"ckpt_path={checkpoint_of('alpha')}", "output=alpha.pt")
     assert_one_line_error(bad, "output=alpha.pt must be an .onnx file name")
 
 

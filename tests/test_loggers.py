@@ -83,9 +83,9 @@ def test_wandb_goes_offline_without_credentials_and_records_everything(
 
 
 @pytest.mark.slow
-def test_wandb_makes_one_run_per_multirun_job(cli, tmp_path, no_wandb_credentials):
+def test_wandb_makes_one_run_per_multirun_job(main_of, tmp_path, no_wandb_credentials):
     sweep = tmp_path / "sweep"
-    result = cli(
+    result = main_of(
         "colorizer.run", "--multirun", "model=alpha", "model.lr=1e-3,3e-4", *QUICK,
         "logger=wandb", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip

@@ -23,9 +23,9 @@ class LearningRateJump(L.Callback):
                     group["lr"] = self.lr
 
 
-def test_cli_stops_at_the_first_nonfinite_loss(cli, tmp_path):
+def test_cli_stops_at_the_first_nonfinite_loss(main_of, tmp_path):
     args = ["model=alpha", *QUICK, "trainer.max_steps=40", "model.optimizer=sgd"]
-    result = cli("colorizer.run", *args, "model.lr=1e20", "hydra.run.dir=run")
+    result = main_of("colorizer.run", *args, "model.lr=1e20", "hydra.run.dir=run")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -60,8 +60,8 @@ def test_check_interval_is_validated(make_cfg):
         train(make_cfg("model=alpha", *QUICK, "callbacks.nonfinite.check_every_n_steps=0"))
 
 
-def test_cli_one_line_for_a_bad_check_interval(cli):
-    result = cli(
+def test_cli_one_line_for_a_bad_check_interval(main_of):
+    result = main_of(
         "colorizer.run", "model=alpha", *QUICK, "callbacks.nonfinite.check_every_n_steps=0"
     )
     assert_one_line_error(result, "check_every_n_steps=0 must be >= 1")

@@ -75,7 +75,7 @@ def test_run_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key
 
 
-def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli, tmp_path):
+def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, main_of, tmp_path):
     with pytest.raises(ConfigError, match="holds no last\\*.ckpt: add hydra.run.dir=RUN_DIR"):
         train(make_cfg(*EPOCHS, "ckpt_path=last"))
     # auto: the same checkpoint as last when there is one, else a fresh start.
@@ -90,7 +90,7 @@ def test_resume_needs_a_run_directory_with_checkpoints(make_cfg, cli, tmp_path):
         == resume_from("last", tmp_path / "run", model)
         == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     )
-    result = cli("colorizer.run", *EPOCHS, "ckpt_path=missing.ckpt")
+    result = main_of("colorizer.run", *EPOCHS, "ckpt_path=missing.ckpt")
     assert_one_line_error(result, "ckpt_path=missing.ckpt does not exist")
 
 

@@ -44,10 +44,10 @@ def test_cli_run_leaves_the_run_directory(cli, tmp_path):
     assert "gray baseline" in result.stdout and str(run) in result.stdout
 
 
-def test_cli_default_data_is_the_embedded_photographs(cli, tmp_path):
+def test_cli_default_data_is_the_embedded_photographs(main_of, tmp_path):
     run = tmp_path / "curated"
     args = ["trainer=debug", "logger=none", "data.num_workers=0", f"hydra.run.dir={run}"]
-    result = cli("colorizer.run", *args)
+    result = main_of("colorizer.run", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"] == "curated" and metrics["test/psnr"] > 10
@@ -69,9 +69,9 @@ def test_cli_default_data_is_the_embedded_photographs(cli, tmp_path):
     assert "Restoring states from the checkpoint path" in (run / "run.log").read_text()
 
 
-def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):
+def test_cli_multirun_grid_gives_each_job_its_directory(main_of, tmp_path):
     sweep = tmp_path / "sweep"
-    result = cli(
+    result = main_of(
         "colorizer.run", "--multirun", "model=alpha", "model.lr=1e-3,3e-4", *QUICK,
         f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
@@ -106,8 +106,8 @@ def test_cli_multirun_grid_gives_each_job_its_directory(cli, tmp_path):
         "missing-coco",
     ],  # fmt: skip
 )
-def test_user_errors_end_in_one_line(cli, tmp_path, args, fragments):
-    result = cli("colorizer.run", *args, f"hydra.run.dir={tmp_path / 'err'}", timeout=120)
+def test_user_errors_end_in_one_line(main_of, tmp_path, args, fragments):
+    result = main_of("colorizer.run", *args, f"hydra.run.dir={tmp_path / 'err'}")
     assert_one_line_error(result, *fragments)
 
 

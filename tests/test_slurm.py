@@ -102,17 +102,17 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
         assert summary["global_step"] == 12  # the whole run, not 12 more steps after a restart
 
 
-def test_slurm_launcher_mistakes_are_one_line(cli):
-    result = cli("colorizer.run", "hydra/launcher=slurm", *SMALL_MODELS["alpha"], *QUICK)
+def test_slurm_launcher_mistakes_are_one_line(main_of):
+    result = main_of("colorizer.run", "hydra/launcher=slurm", *SMALL_MODELS["alpha"], *QUICK)
     assert_one_line_error(result, "submits jobs only with --multirun: add --multirun")
     # Any trainer (here trainer=debug, no num_nodes) composes; this machine has no SLURM.
-    result = cli("colorizer.run", "--multirun", "hydra/launcher=slurm", *SMALL_MODELS["alpha"],
+    result = main_of("colorizer.run", "--multirun", "hydra/launcher=slurm", *SMALL_MODELS["alpha"],
                  *QUICK)  # fmt: skip
     assert_one_line_error(result, "needs SLURM, but sbatch and srun are not on PATH")
 
 
-def test_multirun_with_ddp_processes_is_refused(cli):
-    result = cli(
+def test_multirun_with_ddp_processes_is_refused(main_of):
+    result = main_of(
         "colorizer.run", "--multirun", *SMALL_MODELS["alpha"], *QUICK, "trainer=ddp",
         "trainer.accelerator=cpu", "trainer.devices=2", "seed=1,2",
     )  # fmt: skip

@@ -65,9 +65,9 @@ def test_optuna_gan_also_searches_the_l1_weight(make_cfg):
 
 
 @pytest.mark.slow
-def test_cli_optuna_sweep_records_the_best_trial(cli, tmp_path):
+def test_cli_optuna_sweep_records_the_best_trial(main_of, tmp_path):
     sweep = tmp_path / "optuna"
-    result = cli(
+    result = main_of(
         "colorizer.run", "--multirun", "sweep=optuna", "hydra.sweeper.n_trials=2", "model=alpha",
         *FEW, f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
@@ -103,9 +103,9 @@ def test_every_model_is_in_a_multirun():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("models", MULTIRUNS)
-def test_cli_multirun_trains_every_model(cli, tmp_path, models):
+def test_cli_multirun_trains_every_model(main_of, tmp_path, models):
     sweep = tmp_path / "multirun"
-    result = cli(
+    result = main_of(
         "colorizer.run", "--multirun", *MULTIRUNS[models], *FEW,
         "data.image_size=64", "data.batch_size=4", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip

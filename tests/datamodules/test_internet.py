@@ -419,11 +419,11 @@ def test_training_on_a_url_list_end_to_end(first_run: FirstRun, make_cfg, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_downloads_and_trains(server: ImageServer, cli, tmp_path: Path) -> None:
+def test_cli_downloads_and_trains(server: ImageServer, main_of, tmp_path: Path) -> None:
     urls = [server.url(path) for path in [*USABLE, "/missing.jpg"]]
     urls_file = write_list(tmp_path / "photos.csv", urls)
     run, cache = tmp_path / "run", tmp_path / "cache"
-    result = cli(
+    result = main_of(
         "colorizer.run", "model=alpha", "data=internet", f"data.urls={urls_file}",
         f"data.cache_dir={cache}", "data.image_size=32", "data.download_size=96",
         "data.num_workers=0", "data.retries=0", "trainer=debug", "logger=none",

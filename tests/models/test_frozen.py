@@ -62,7 +62,7 @@ def test_checkpoints_reference_the_frozen_classifier_and_load_it_back(
 
 
 def test_a_missing_or_changed_weights_file_is_named_in_one_line(
-    make_cfg, cli, tmp_path, weights_file
+    make_cfg, main_of, tmp_path, weights_file
 ):
     path, state = weights_file
     summary = train(make_cfg(*TINY, *QUICK, f"model.backbone_weights={path}"))
@@ -70,7 +70,7 @@ def test_a_missing_or_changed_weights_file_is_named_in_one_line(
     path.rename(tmp_path / "moved.safetensors")
     with pytest.raises(ConfigError, match=f"read from {path.resolve()}, which is missing"):
         load_model(best)
-    result = cli("colorizer.evaluate", f"ckpt_path={best}", "data=synthetic", "device=cpu")
+    result = main_of("colorizer.evaluate", f"ckpt_path={best}", "data=synthetic", "device=cpu")
     assert_one_line_error(result, "put that weights file back")
 
     save_file({name: tensor + 1 for name, tensor in state.items()}, str(path))
