@@ -182,7 +182,7 @@ def merge_lab(
     """Normalised L ``[B, 1, H, W]`` + normalised ab ``[B, 2, H, W]`` -> sRGB in [0, 1].
 
     This is the reconstruction every metric uses: the true L with predicted ab, clipped to the
-    sRGB gamut (SPEC §3). ``keep_lightness`` desaturates out-of-gamut colours instead
+    sRGB gamut (README, Metrics). ``keep_lightness`` desaturates out-of-gamut colours instead
     (``lab_to_rgb_keep_lightness``), as photos colorized for people are.
     """
     with torch.autocast(device_type=l_norm.device.type, enabled=False):

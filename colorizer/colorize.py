@@ -1,7 +1,7 @@
 """Colorize photos at full size: ``python -m colorizer.colorize ckpt_path=X input=P output=D``.
 
 ``input`` is an image file, a folder (searched recursively) or a glob; each photo is written
-under ``output`` with its own name and sub-folder, size and aspect ratio (SPEC §2). The network
+under ``output`` with its own name and sub-folder, size and aspect ratio. The network
 sees the photo's luminance at its working size (``size``); its chroma is upsampled and merged
 with the photo's full-resolution L (``colorizer.inference``). Colour photos are recoloured from
 their luminance unless ``color_inputs=skip``.

@@ -2,8 +2,9 @@
 
 Writes to the run directory (``hydra.run.dir``): ``metrics.json`` (``<split>/psnr``, ...,
 ``<split>/gray_psnr``, ..., the names training uses), ``report.md`` (model vs gray baseline)
-and ``samples.png`` (gray | prediction | truth rows). The metrics are SPEC §3's, computed by
-the same code as training's test step, so ``split=test`` reproduces a run's ``test/*``.
+and ``samples.png`` (gray | prediction | truth rows). The metrics are the README's
+(Metrics section), computed by the same code as training's test step, so ``split=test``
+reproduces a run's ``test/*``.
 
 Sizes: by default each image goes through the data's evaluation transform (shorter side to
 ``data.image_size``, centre crop), which leaves images of exactly that size untouched.

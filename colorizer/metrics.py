@@ -1,4 +1,4 @@
-"""Colorization metrics (SPEC §3), computed on the model's device and synchronised across ranks.
+"""Colorization metrics (README, Metrics), on the model's device, synchronised across ranks.
 
 All image metrics compare sRGB float images in [0, 1], shape ``[B, 3, H, W]``:
 

@@ -1,7 +1,7 @@
 """Train, validate, then test the best checkpoint: ``python -m colorizer.run model=alpha``.
 
 Leaves in the run directory: ``.hydra/`` (composed config), ``checkpoints/`` (``last.ckpt`` and
-the best by ``val/psnr``), ``samples/*.png`` and ``metrics.json`` (SPEC §2).
+the best by ``val/psnr``), ``samples/*.png`` and ``metrics.json`` (README, Outputs).
 """
 
 from __future__ import annotations

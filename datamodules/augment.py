@@ -1,4 +1,4 @@
-"""Training augmentation that runs batched on the model's device (SPEC §6).
+"""Training augmentation that runs batched on the model's device (README, Speed).
 
 Workers only decode and crop; flips and small affine warps (rotation, zoom, shear) happen
 here, on whole uint8 batches ``[B, 3, H, W]`` after the transfer to the device, where they are

@@ -1,7 +1,7 @@
 """What every image datamodule shares: the uint8 batch contract, splits, transforms, loaders.
 
 Batches are always plain uint8 RGB tensors ``[B, 3, H, W]``. Workers only decode and crop;
-conversion to float, Lab and normalisation happen batched on the model's device (SPEC §3),
+conversion to float, Lab and normalisation happen batched on the model's device (README, Metrics),
 where they are nearly free, instead of per sample in every worker.
 """
 

@@ -1,7 +1,7 @@
 """A pre-resized copy of the training images, made once and reused by every run and epoch.
 
 Decoding a ~1024 px original costs ~7 ms of a worker's time on a 2-core CPU; a copy just
-large enough for the training crops decodes ~10-20x faster (SPEC §6). "Large enough" is an
+large enough for the training crops decodes ~10-20x faster (README, Speed). "Large enough" is an
 area: a random crop takes a fraction of the image's area, so a copy holds ``side²`` pixels
 whatever its aspect ratio (a 16:9 photo is not kept at 1.8x the pixels of a square one),
 with the shorter side never below the crop size. The copy is keyed by each original's path,

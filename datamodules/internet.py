@@ -10,7 +10,7 @@ Cache layout (``cache_dir``)::
 The shard tables are the manifest: a URL that has a row in a complete shard is never fetched
 again (a failed one only with ``retry_failed=True``), so re-running a list downloads nothing
 and a changed list only its new URLs, each run adding a shard (img2dataset's "extend" mode).
-URLs are untrusted (SPEC §7): only http(s) ones reach img2dataset, redirects lead only to
+URLs are untrusted input: only http(s) ones reach img2dataset, redirects lead only to
 http(s), each download has a size and a time limit (:mod:`datamodules.url_guard`) besides
 urllib's per-request timeout, and images over ``max_pixels`` are refused from their header,
 before OpenCV decodes them.

@@ -1,4 +1,4 @@
-"""The published tutorial's data path, kept only as the benchmark's reference (SPEC §6).
+"""The published tutorial's data path, kept only as the benchmark's reference (README, Speed).
 
 Per sample, in the workers: PIL decode of the original, bicubic resize to S x S, a random
 horizontal flip, then scikit-image ``rgb2lab`` and the L/ab normalisation, so every worker

@@ -1,6 +1,6 @@
 """Caps on every download img2dataset makes for us: bytes, time, and where redirects lead.
 
-URLs are untrusted (SPEC §7). img2dataset fetches each one with ``urllib.request.urlopen`` in
+URLs are untrusted input. img2dataset fetches each one with ``urllib.request.urlopen`` in
 worker processes it spawns, with a timeout per socket operation only: a server could send an
 endless body, drip bytes just fast enough never to time out, or redirect to ``ftp://`` (which
 urllib follows). img2dataset has no hook for this, so :func:`guarded_downloads` hands it a

@@ -88,7 +88,7 @@ def test_cli_optuna_sweep_records_the_best_trial(main_of, tmp_path):
     assert results["best_params"]["model.lr"] == rates[psnr.index(max(psnr))]
 
 
-# A few steps of every model through `--multirun` (SPEC §2). The keys that keep fullcnn and gan
+# A few steps of every model through `--multirun`. The keys that keep fullcnn and gan
 # small on two CPU cores exist only on those models, so each of them runs in a multirun of its own.
 MULTIRUNS = {
     "alpha,beta": ["model=alpha,beta"],

@@ -11,5 +11,6 @@ class AlphaColorizer(PlainCNNColorizer):
     The seed recipe trains it with RMSprop (lr 1e-3), batch 1, MSE on very few images.
     """
 
-    # SPEC §4: three stride-2 convs down to 1/8, three nearest upsamplings back, tanh ab out.
+    # The reference network: three stride-2 convs down to 1/8, three nearest upsamplings
+    # back, tanh ab out.
     layers = ("8s2", "8", "16", "16s2", "32", "32s2", "up", "32", "up", "16", "up", "2tanh")

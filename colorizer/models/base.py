@@ -2,8 +2,8 @@
 
 A subclass builds its network in ``__init__`` from plain values and implements ``forward``:
 normalised L ``[B, 1, H, W]`` in [-1, 1] -> normalised ab ``[B, 2, H, W]`` in [-1, 1]
-(SPEC §3). Batches arrive as uint8 sRGB ``[B, 3, H, W]``; Lab conversion happens here, on the
-model's device, batch-wise.
+(README, Metrics). Batches arrive as uint8 sRGB ``[B, 3, H, W]``; Lab conversion happens
+here, on the model's device, batch-wise.
 """
 
 from __future__ import annotations

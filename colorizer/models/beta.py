@@ -12,8 +12,8 @@ class BetaColorizer(PlainCNNColorizer):
     rotations, zooms and shears; see ``experiment=beta_seed``).
     """
 
-    # SPEC §4: down to 1/8 in three stride-2 convs, back up to 1/2, predict ab there and
-    # upsample last (the reference predicts at 128² for a 256² input).
+    # The reference network: down to 1/8 in three stride-2 convs, back up to 1/2, predict ab
+    # there and upsample last (the reference predicts at 128² for a 256² input).
     layers = (
         "64", "64s2", "128", "128s2", "256", "256s2", "512", "256", "128",
         "up", "64", "up", "32", "2tanh", "up",

@@ -1,6 +1,6 @@
 """Building blocks shared by the architectures.
 
-The plain CNNs (alpha, beta) are written as layer specs that read like SPEC §4:
+The plain CNNs (alpha, beta) are written as layer specs that read like the README's Models table:
 ``"16"`` is a 3x3 same-padded conv to 16 channels + ReLU, ``"16s2"`` the same with stride 2,
 ``"2tanh"`` a conv to 2 channels with tanh, ``"up"`` a x2 nearest-neighbour upsampling.
 """

@@ -1,7 +1,8 @@
 """The GAN's networks: pix2pix U-Net and ResNet-18 U-Net generators, PatchGAN discriminator.
 
 All map normalised L ``[B, 1, H, W]`` (generators) or concat(L, ab) ``[B, 3, H, W]``
-(discriminator) as in SPEC §3; generators end in ``tanh`` (ab in [-1, 1]).
+(discriminator), normalised as the README's colour conventions say; generators end in
+``tanh`` (ab in [-1, 1]).
 """
 
 from __future__ import annotations
