@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
 from colorizer.errors import ConfigError, TrainingDiverged
+from colorizer.models.base import triplets
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class SampleGrids(L.Callback):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
         if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
-            self._grid = self._make_grid(trainer, pl_module, batch)
+            self._grid = self._make_grid(batch, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self._grid is not None and trainer.is_global_zero:
@@ -46,13 +47,13 @@ class SampleGrids(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and trainer.is_global_zero:
-            self._publish(trainer, self._make_grid(trainer, pl_module, batch), "test.png", "test")
+            self._publish(trainer, self._make_grid(batch, outputs), "test.png", "test")
 
-    def _make_grid(self, trainer, pl_module, batch: torch.Tensor) -> torch.Tensor:
-        # In the step's precision, as the metrics saw it; and for a compiled network, the
-        # same autocast state as validation, not one more compiled variant.
-        with trainer.strategy.precision_plugin.forward_context():
-            return triplet_grid(pl_module.sample_triplets(batch[: self.num_images]))
+    def _make_grid(self, batch: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        # The prediction the step scored (its precision, no second forward pass, and for a
+        # compiled network no other batch size to compile for).
+        n = self.num_images
+        return triplet_grid(triplets(batch[:n], prediction[:n]))
 
     def _publish(self, trainer, grid: torch.Tensor, name: str, stage: str) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)

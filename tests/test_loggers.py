@@ -28,6 +28,8 @@ def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
             position += WANDB_BLOCK - position % WANDB_BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):  # W&B's writer is still writing this piece
+            break
         payload = data[position + 7 : position + 7 + length]
         position += 7 + length
         pending = payload if kind in (1, 2) else pending + payload

@@ -192,17 +192,20 @@ class ColorizationModule(L.LightningModule):
         l_norm, ab_norm = split_lab(batch)
         return F.mse_loss(self(l_norm).float(), ab_norm)
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test")
 
-    def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
+    def _evaluate(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
+        """Metrics of uint8 ``[B, 3, H, W]``; returns the prediction, sRGB ``[B, 3, H, W]`` in
+        [0, 1], which the sample grids show (no second forward pass)."""
         l_norm, ab_norm = split_lab(batch)
         pred_ab = self.predict_ab(l_norm)
         truth = batch.float() / 255.0
-        update_metrics(self.metrics[stage], merge_lab(l_norm, pred_ab), truth)
+        prediction = merge_lab(l_norm, pred_ab)
+        update_metrics(self.metrics[stage], prediction, truth)
         update_metrics(self.metrics[f"{stage}_gray"], gray_baseline(l_norm), truth)
         batch_size = batch.shape[0]
         # sync_dist: under DDP each process sees its share of the split; once per epoch.
@@ -210,6 +213,7 @@ class ColorizationModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
         self.log_dict(self.metrics[stage], batch_size=batch_size, prog_bar=stage == "val")
         self.log_dict(self.metrics[f"{stage}_gray"], batch_size=batch_size)
+        return prediction
 
     def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
         """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size."""
@@ -232,8 +236,7 @@ class ColorizationModule(L.LightningModule):
     def sample_triplets(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` -> ``[B, 3, 3, H, W]``: gray, prediction, truth in [0, 1]."""
         l_norm, _ = split_lab(batch)
-        prediction = merge_lab(l_norm, self.predict_ab(l_norm))
-        return torch.stack([gray_baseline(l_norm), prediction, batch.float() / 255.0], dim=1)
+        return triplets(batch, merge_lab(l_norm, self.predict_ab(l_norm)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets colorizer.load_model rebuild the right class without Hydra or the config.
@@ -266,3 +269,10 @@ class PlainCNNColorizer(ColorizationModule):
 
     def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
         return self.net(l_norm)
+
+
+def triplets(batch: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` and its prediction, sRGB ``[B, 3, H, W]`` in [0, 1] ->
+    ``[B, 3, 3, H, W]``: gray baseline, prediction, truth in [0, 1]."""
+    l_norm, _ = split_lab(batch)
+    return torch.stack([gray_baseline(l_norm), prediction.float(), batch.float() / 255.0], dim=1)
