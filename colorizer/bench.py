@@ -46,10 +46,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from colorizer.cli import config_choice, run_app
 from colorizer.color import merge_lab, split_lab
+from colorizer.data.base import ImageDataModule, ImageFileDataset
+from colorizer.data.reference import PerSampleLabDataset
 from colorizer.errors import ConfigError
 from colorizer.models import ColorizationModule
-from datamodules.base import ImageDataModule, ImageFileDataset
-from datamodules.reference import PerSampleLabDataset
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4}

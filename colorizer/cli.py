@@ -30,16 +30,13 @@ from rich.console import Console
 from rich.text import Text
 
 from colorizer.console import quiet_libraries
-from colorizer.errors import ConfigError, TrainingDiverged
+from colorizer.errors import ConfigError, DataError, TrainingDiverged
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERROR = 2
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from datamodules import DataError  # deferred: the data package is only needed by the job
-
-    return (ConfigError, DataError, FileNotFoundError, OmegaConfBaseException)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, OmegaConfBaseException)
 
 
 def config_choice(group: str, fallback: str) -> str:
@@ -66,7 +63,7 @@ def _root_user_error(err: BaseException | None) -> BaseException | None:
         chain.append(err)
         err = err.__cause__ or err.__context__
     for candidate in chain:
-        if isinstance(candidate, _user_errors()):
+        if isinstance(candidate, USER_ERRORS):
             return candidate
     for candidate in chain:
         cause = candidate.__cause__

@@ -27,7 +27,7 @@ EXPECTED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
     # A resumed run writes into its own checkpoint folder.
     r"Checkpoint directory .* exists and is not empty",
-    # The training sampler resumes mid-epoch by itself (datamodules.base.EpochShuffle).
+    # The training sampler resumes mid-epoch by itself (colorizer.data.base.EpochShuffle).
     r"You're resuming from a checkpoint that ended before the epoch ended",
     # Scoring under DDP: colorizer.run says when a split is uneven (run.warn_if_uneven).
     r"Using `DistributedSampler` with the dataloaders. During `trainer.(validate|test)\(\)`",

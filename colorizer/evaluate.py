@@ -38,11 +38,11 @@ from torchvision.utils import save_image
 
 from colorizer.callbacks import triplet_grid
 from colorizer.cli import config_choice, image_progress, resolve_device, run_app
+from colorizer.data.base import DataError, ImageDataModule, ImageFileDataset
+from colorizer.data.images import format_reasons, format_summary, list_image_files, scan_images
 from colorizer.errors import ConfigError
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
-from datamodules.base import DataError, ImageDataModule, ImageFileDataset
-from datamodules.images import format_reasons, format_summary, list_image_files, scan_images
 
 log = logging.getLogger(__name__)
 

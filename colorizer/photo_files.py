@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from colorizer.errors import ConfigError
-from datamodules.images import (
+from colorizer.data.images import (
     IMAGE_EXTENSIONS,
     SkippedImage,
     is_grayscale,
     list_image_files,
     load_rgb,
 )
+from colorizer.errors import ConfigError
 
 # format= choice -> (PIL format, file suffix). Inputs keep their own format by default.
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "tif": ("TIFF", ".tif")}

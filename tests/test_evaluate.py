@@ -13,10 +13,10 @@ from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
 from colorizer.cli import CONFIG_DIR, describe
+from colorizer.data.curated import CuratedDataModule
 from colorizer.errors import ConfigError
 from colorizer.evaluate import eval_dataset, evaluate, perceptual_metrics, stack_by_size
 from colorizer.run import train
-from datamodules.curated import CuratedDataModule
 from tests.conftest import QUICK, assert_one_line_error
 
 SKIPPED = "FID, LPIPS: skipped (weights not available locally: "

@@ -24,7 +24,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from colorizer.color import rgb_to_lab
-from datamodules.curated import CuratedDataModule
+from colorizer.data.curated import CuratedDataModule
 
 SIZE, BATCH, LOADER_BATCHES = 256, 8, 60
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import DataError, ImageDataModule, split_key
+from colorizer.data.base import DataError, ImageDataModule, split_key
 
 SCENE_CLASSES = ("grass", "sand", "disc", "square", "stripes")
 GRASS, SAND, DISC, SQUARE, STRIPES = range(len(SCENE_CLASSES))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from datamodules.images import (
+from colorizer.data.images import (
     SkippedImage,
     format_summary,
     is_grayscale,

@@ -11,7 +11,7 @@ The shard tables are the manifest: a URL that has a row in a complete shard is n
 again (a failed one only with ``retry_failed=True``), so re-running a list downloads nothing
 and a changed list only its new URLs, each run adding a shard (img2dataset's "extend" mode).
 URLs are untrusted input: only http(s) ones reach img2dataset, redirects lead only to
-http(s), each download has a size and a time limit (:mod:`datamodules.url_guard`) besides
+http(s), each download has a size and a time limit (:mod:`colorizer.data.url_guard`) besides
 urllib's per-request timeout, and images over ``max_pixels`` are refused from their header,
 before OpenCV decodes them.
 """
@@ -28,10 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-from datamodules.base import DataError, seeded_split
-from datamodules.curated import SPLITS, CuratedDataModule
-from datamodules.images import format_summary, scan_images
-from datamodules.url_cache import (
+from colorizer.data.base import DataError, seeded_split
+from colorizer.data.curated import SPLITS, CuratedDataModule
+from colorizer.data.images import format_summary, scan_images
+from colorizer.data.url_cache import (
     Outcome,
     apply_recorded_orientation,
     default_cache_dir,
@@ -172,7 +172,7 @@ class InternetDataModule(CuratedDataModule):
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         import img2dataset
 
-        from datamodules.url_guard import guarded_downloads
+        from colorizer.data.url_guard import guarded_downloads
 
         self.shards.mkdir(parents=True, exist_ok=True)
         before = set(self.shards.glob("*_stats.json"))

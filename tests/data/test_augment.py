@@ -2,8 +2,8 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import DataError, SyntheticDataModule
-from datamodules.augment import DeviceAugmentation
+from colorizer.data import DataError, SyntheticDataModule
+from colorizer.data.augment import DeviceAugmentation
 
 
 def test_uint8_in_uint8_out_and_nothing_when_disabled():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules import DataError, SyntheticDataModule
-from datamodules.images import is_grayscale
-from datamodules.synthetic import DISC, GRASS, SAND, SQUARE, STRIPES, render_scene, scene_seed
+from colorizer.data import DataError, SyntheticDataModule
+from colorizer.data.images import is_grayscale
+from colorizer.data.synthetic import DISC, GRASS, SAND, SQUARE, STRIPES, render_scene, scene_seed
 
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
 

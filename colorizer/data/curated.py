@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import (
+from colorizer.data.base import (
     TRAIN_CROP_SCALE,
     DataError,
     ImageDataModule,
@@ -16,8 +16,8 @@ from datamodules.base import (
     check_fractions,
     seeded_split,
 )
-from datamodules.cache import cache_folder, cache_side, resized_copies
-from datamodules.images import (
+from colorizer.data.cache import cache_folder, cache_side, resized_copies
+from colorizer.data.images import (
     IMAGE_EXTENSIONS,
     ScanResult,
     format_reasons,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules import CuratedDataModule, DataError
-from datamodules.base import seeded_split
-from datamodules.curated import EMBEDDED_SPLITS
+from colorizer.data import CuratedDataModule, DataError
+from colorizer.data.base import seeded_split
+from colorizer.data.curated import EMBEDDED_SPLITS
 
 # 14 at the top, 6 nested two levels down: the seeded split must reach into subfolders.
 FLAT_NAMES = [f"img_{i:02d}.jpg" for i in range(14)] + [f"nested/deep/p{i}.png" for i in range(6)]
@@ -59,7 +59,7 @@ def test_missing_val_folder_is_split_off_train(
     write_photos(tmp_path / "train", [f"t{i}.jpg" for i in range(10)])
     write_photos(tmp_path / "test", ["x.jpg", "y.jpg"])
     module = CuratedDataModule(str(tmp_path), num_workers=0, val_fraction=0.2)
-    with caplog.at_level(logging.INFO, logger="datamodules"):
+    with caplog.at_level(logging.INFO, logger="colorizer.data"):
         module.setup("fit")
     names = split_names(module, tmp_path)
     assert len(names["val"]) == 2 and len(names["train"]) == 8
@@ -114,7 +114,7 @@ def test_corrupt_files_are_skipped_and_counted(
     (flat_root / "broken.jpg").write_bytes(truncated_jpeg)
     (flat_root / "nested" / "error_page.png").write_text("<html>403 Forbidden</html>")
     module = CuratedDataModule(str(flat_root), num_workers=0)
-    with caplog.at_level(logging.INFO, logger="datamodules"):
+    with caplog.at_level(logging.INFO, logger="colorizer.data"):
         module.setup("fit")
     assert "all: 22 found, 20 used, 2 skipped (1 not an image, 1 truncated or corrupt)" in (
         caplog.text
@@ -130,7 +130,7 @@ def test_file_broken_after_the_scan_is_replaced(
     module.setup("fit")
     assert module.train_set is not None and module.splits is not None
     module.splits["train"][0].write_bytes(b"")  # rewritten by something else mid-run
-    with caplog.at_level(logging.WARNING, logger="datamodules"):
+    with caplog.at_level(logging.WARNING, logger="colorizer.data"):
         items = [module.train_set[i] for i in range(len(module.train_set))]
     assert all(item.shape == (3, 16, 16) and item.dtype == torch.uint8 for item in items)
     assert caplog.text.count("empty file") == 1  # warned once, not once per use

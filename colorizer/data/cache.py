@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.images import SkippedImage, load_rgb
+from colorizer.data.images import SkippedImage, load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """URL lists and img2dataset's cache: reading lists, outcomes by reason, safe downloads.
 
-Helpers of :mod:`datamodules.internet`, kept apart so that the datamodule reads in one sitting.
+Helpers of :mod:`colorizer.data.internet`, kept apart so that the datamodule reads in one sitting.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from PIL import Image
 
-from datamodules.base import DataError
+from colorizer.data.base import DataError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import DataError
-from datamodules.curated import SPLITS, CuratedDataModule
+from colorizer.data.base import DataError
+from colorizer.data.curated import SPLITS, CuratedDataModule
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class CocoDataModule(CuratedDataModule):
     Train and val come from a seeded ``subset`` of the train annotations' images, split by
     ``val_fraction``; test is the val annotations' images (COCO's own held-out set), or, with
     ``test_annotations=None``, a ``test_fraction`` of the train pool. Every image passes the
-    robust scan of :mod:`datamodules.images`; listed files that are missing on disk or whose
+    robust scan of :mod:`colorizer.data.images`; listed files that are missing on disk or whose
     ``file_name`` would leave the image folder are counted, never read.
     """
 

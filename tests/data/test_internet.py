@@ -24,14 +24,14 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from colorizer.data import DataError
+from colorizer.data.base import seeded_split
+from colorizer.data.internet import InternetDataModule
+from colorizer.data.url_cache import failure_reason, read_outcomes
+from colorizer.data.url_guard import guarded_opener
 from colorizer.run import train
-from datamodules import DataError
-from datamodules.base import seeded_split
-from datamodules.internet import InternetDataModule
-from datamodules.url_cache import failure_reason, read_outcomes
-from datamodules.url_guard import guarded_opener
-from tests.datamodules.conftest import colour_photo, truncated_jpeg_bytes
-from tests.datamodules.image_server import ImageServer, Response
+from tests.data.conftest import colour_photo, truncated_jpeg_bytes
+from tests.data.image_server import ImageServer, Response
 
 TIMEOUT = 1.5  # seconds; the slow route answers only after SLOW
 SLOW = 4.0
@@ -132,7 +132,7 @@ def first_run(server: ImageServer, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("internet")
     urls_file = write_list(root / "photos.txt", listed_urls(server))
     module = InternetDataModule(str(urls_file), cache_dir=str(root / "cache"), **SETTINGS)
-    logger = logging.getLogger("datamodules")
+    logger = logging.getLogger("colorizer.data")
     records: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]

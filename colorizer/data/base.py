@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from datamodules.augment import DeviceAugmentation
-from datamodules.images import SkippedImage, load_rgb
+from colorizer.data.augment import DeviceAugmentation
+from colorizer.data.images import SkippedImage, load_rgb
+from colorizer.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ T = TypeVar("T")
 # only a texture with no context for its colour.
 TRAIN_CROP_SCALE = (0.35, 1.0)
 TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
-
-
-class DataError(ValueError):
-    """A data problem the user can fix; the message is one line saying what and how."""
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

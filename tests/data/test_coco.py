@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules import CocoDataModule, DataError
+from colorizer.data import CocoDataModule, DataError
 from tests.conftest import COCO_TRAIN_LABELS
 
 
@@ -16,7 +16,7 @@ def _ids(paths: list[Path]) -> set[int]:
 
 
 def test_official_layout_splits_and_refusals(coco_root, caplog):
-    caplog.set_level(logging.INFO, logger="datamodules")
+    caplog.set_level(logging.INFO, logger="colorizer.data")
     module = CocoDataModule(str(coco_root), image_size=32, batch_size=4, num_workers=0)
     module.setup("fit")
     splits = {name: _ids(paths) for name, paths in module.splits.items()}

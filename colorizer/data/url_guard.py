@@ -9,7 +9,7 @@ opener in the worker process it runs in. The spawned workers receive it pickled 
 to this module, so they apply the same caps.
 
 A refused download fails like any other, with a message img2dataset records and
-:func:`datamodules.url_cache.failure_reason` reads: "too large", "timeout", "redirect refused".
+:func:`colorizer.data.url_cache.failure_reason` reads: "too large", "timeout", "redirect refused".
 """
 
 from __future__ import annotations

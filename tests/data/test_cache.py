@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.cache import cache_folder, cache_side, copy_size, resized_copies
-from datamodules.curated import CuratedDataModule
-from datamodules.images import load_rgb
+from colorizer.data.cache import cache_folder, cache_side, copy_size, resized_copies
+from colorizer.data.curated import CuratedDataModule
+from colorizer.data.images import load_rgb
 
 
 def test_cache_side_is_what_the_smallest_crop_needs() -> None:
@@ -38,7 +38,7 @@ def test_copies_are_made_once_and_remade_when_the_photo_changes(
     Image.fromarray(np.asarray(Image.open(small))[:100, :150]).save(small)  # 150 x 100
     broken = tmp_path / "photos" / "broken.jpg"
     broken.write_bytes(truncated_jpeg)
-    with caplog.at_level(logging.INFO, logger="datamodules"):
+    with caplog.at_level(logging.INFO, logger="colorizer.data"):
         copies = resized_copies([big, small, broken], tmp_path / "cache", side=200, min_side=64)
     assert "3 images at 200² px (2 made in" in caplog.text and "0 reused" in caplog.text
     assert copies[2] == broken  # unreadable: left to the dataset, which skips it
@@ -50,7 +50,7 @@ def test_copies_are_made_once_and_remade_when_the_photo_changes(
     assert (original - copy).abs().mean() < 2.0  # 4:4:4 JPEG at quality 95: nearly lossless
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="datamodules"):
+    with caplog.at_level(logging.INFO, logger="colorizer.data"):
         assert resized_copies([big, small], tmp_path / "cache", 200, 64) == copies[:2]
     assert "(0 made in" in caplog.text and "2 reused" in caplog.text
     later = os.stat(big).st_mtime_ns + 10**9
