@@ -44,12 +44,13 @@ from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from colorizer.cli import config_choice, run_app
+from colorizer.cli import run_app
 from colorizer.color import merge_lab, split_lab
 from colorizer.data.base import ImageDataModule, ImageFileDataset
 from colorizer.data.reference import PerSampleLabDataset
 from colorizer.errors import ConfigError
 from colorizer.models import ColorizationModule
+from colorizer.registry import DATA_SOURCES, MODELS
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4}
@@ -89,8 +90,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         trainer_log.setLevel(level)
     train_rate, plain_rate = statistics.median(lightning_runs), statistics.median(plain_runs)
     result: dict[str, Any] = {
-        "model": config_choice("model", type(probe).__name__),
-        "data": config_choice("data", type(datamodule).__name__),
+        "model": MODELS.name_or_fail(probe),
+        "data": DATA_SOURCES.name_or_fail(datamodule),
         "device": _device_name(device),
         "precision": str(trainer.precision),
         "compile": bool(cfg.compile),
@@ -240,7 +241,7 @@ def _data_rates(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devi
     """images/s of our data path, from the originals and from the resized cache, and of the
     per-sample reference; same files, batch size and workers, Lab on ``device`` for ours."""
     if not isinstance(datamodule.train_set, ImageFileDataset):
-        skipped = "needs image files: data=curated, coco or internet"
+        skipped = f"needs image files, which data={DATA_SOURCES.name_of(type(datamodule))} has not"
         return {"data_images_per_s": None, "reference_data_images_per_s": None,
                 "data_speedup": None, "data_skipped": skipped}  # fmt: skip
     cache = datamodule.resized_cache or str(Path(cfg.output_dir) / "resized_cache")

@@ -20,7 +20,6 @@ from typing import Any
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -37,13 +36,6 @@ USAGE_ERROR = 2
 
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, OmegaConfBaseException)
-
-
-def config_choice(group: str, fallback: str) -> str:
-    """The config-group choice (``model=alpha`` -> "alpha") the running job was composed with."""
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices.get(group, fallback))
-    return fallback
 
 
 def one_line(err: BaseException) -> str:

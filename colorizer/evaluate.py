@@ -37,12 +37,13 @@ from torchvision.transforms import v2
 from torchvision.utils import save_image
 
 from colorizer.callbacks import triplet_grid
-from colorizer.cli import config_choice, image_progress, resolve_device, run_app
+from colorizer.cli import image_progress, resolve_device, run_app
 from colorizer.data.base import DataError, ImageDataModule, ImageFileDataset
 from colorizer.data.images import format_reasons, format_summary, list_image_files, scan_images
 from colorizer.errors import ConfigError
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
+from colorizer.registry import DATA_SOURCES, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ]
         values = {key: _compute(metric) for key, metric in scores}
     summary: dict[str, Any] = {
-        "model": type(model).__module__.rsplit(".", 1)[-1],
+        "model": MODELS.name_or_fail(model),
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "data": config_choice("data", type(datamodule).__name__),
+        "data": DATA_SOURCES.name_or_fail(datamodule),
         "split": split,
         "image_size": "native" if cfg.native else datamodule.image_size,
         "num_images": num_images,

@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from colorizer.callbacks import LastCheckpoint, TrainingThroughput
-from colorizer.cli import config_choice, run_app
+from colorizer.cli import run_app
 from colorizer.errors import ConfigError
+from colorizer.registry import DATA_SOURCES, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    MODELS.name_or_fail(model)  # what it trains, load_model can load
+    DATA_SOURCES.name_or_fail(datamodule)
     if cfg.compile:
         # Compiled code is cached per function (every nn.Sequential shares one forward) up
         # to dynamo's recompile limit (8): the jobs of a sweep run in one process would
@@ -156,8 +159,8 @@ def _fit_and_test(
 
     throughput = next((c for c in trainer.callbacks if isinstance(c, TrainingThroughput)), None)
     summary: dict[str, Any] = {
-        "model": config_choice("model", type(model).__name__),
-        "data": config_choice("data", type(datamodule).__name__),
+        "model": MODELS.name_or_fail(model),
+        "data": DATA_SOURCES.name_or_fail(datamodule),
         "global_step": global_step,
         "train_images_per_s": throughput.images_per_s if throughput else None,
         "best_checkpoint": best,
@@ -234,12 +237,12 @@ def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) 
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, last or auto")
     saved = _checkpoint(ckpt_path).get("colorizer_model", "")
-    ours = f"{type(model).__module__}:{type(model).__qualname__}"
-    if saved and saved != ours:
-        theirs = saved.split(":")[0].rsplit(".", 1)[-1]
+    ours = MODELS.name_or_fail(model)
+    if saved and MODELS.name_of(saved) != ours:
+        theirs = MODELS.name_of(saved) or saved
         raise ConfigError(
             f"ckpt_path={ckpt_path} is a {theirs} checkpoint, but this run builds "
-            f"model={type(model).__module__.rsplit('.', 1)[-1]}: add model={theirs}"
+            f"model={ours}: add model={theirs}"
         )
     return ckpt_path
 

@@ -9,11 +9,12 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from colorizer import registry
 from colorizer.cli import CONFIG_DIR
 from tests.conftest import QUICK
 
 SWEEPS = sorted(path.stem for path in (CONFIG_DIR / "sweep").glob("*.yaml"))
-MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+MODELS = registry.MODELS.names()
 # Each job of the CLI runs below: four steps, one batch for each validation and for the test.
 FEW = [*QUICK, "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 

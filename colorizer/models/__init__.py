@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 
 from colorizer.errors import ConfigError
 from colorizer.models.base import ColorizationModule
+from colorizer.registry import MODELS
 
 __all__ = ["ColorizationModule", "load_model"]
 
@@ -16,8 +16,8 @@ __all__ = ["ColorizationModule", "load_model"]
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> ColorizationModule:
     """Any trained colorizer from its Lightning checkpoint, in eval mode, with no Hydra involved.
 
-    The checkpoint names its class (``colorizer_model``); only subclasses of
-    ``ColorizationModule`` inside ``colorizer.models`` are accepted, and tensors are loaded with
+    The checkpoint names its class (``colorizer_model``); only classes registered in
+    ``colorizer.registry.MODELS`` are accepted, and tensors are loaded with
     ``weights_only=True``, so a checkpoint cannot make this import or run arbitrary code.
     """
     path = Path(path)
@@ -28,11 +28,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Co
     except Exception as err:  # unpickling errors have many types; all mean "not loadable"
         raise ConfigError(f"{path} is not a readable checkpoint ({type(err).__name__})") from err
     target = checkpoint.get("colorizer_model") if isinstance(checkpoint, dict) else None
-    module_name, _, class_name = str(target).partition(":")
-    if target is None or not module_name.startswith("colorizer.models."):
+    if target is None:
         raise ConfigError(f"{path} is not a colorizer checkpoint (it names no colorizer model)")
-    model_class = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(model_class, type) and issubclass(model_class, ColorizationModule)):
-        raise ConfigError(f"{path} names {target}, which is not a colorizer model")
+    name = MODELS.name_of(str(target))
+    if name is None:
+        raise ConfigError(f"{path} names {target}, which is not a registered colorizer model")
+    model_class = MODELS.get(name)
     model = model_class.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     return model.eval()
