@@ -48,7 +48,7 @@ from colorizer.cli import run_app
 from colorizer.color import merge_lab, split_lab
 from colorizer.data.base import ImageDataModule, ImageFileDataset
 from colorizer.data.reference import PerSampleLabDataset
-from colorizer.errors import ConfigError
+from colorizer.errors import require_int
 from colorizer.models import ColorizationModule
 from colorizer.registry import DATA_SOURCES, MODELS
 
@@ -60,8 +60,7 @@ BF16_PEAK_TFLOPS |= {"A100": 312.0, "L40S": 362.0, "L4": 121.0}
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run every measurement of ``cfg``; returns what bench.json holds."""
     for key in ("warmup", "steps", "repeats", "data_batches"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
+        require_int(key, cfg[key])
     L.seed_everything(cfg.seed, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.prepare_data()

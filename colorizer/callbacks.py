@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
-from colorizer.errors import ConfigError, TrainingDiverged
+from colorizer.errors import TrainingDiverged, require_int
 from colorizer.models.base import triplets
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,7 @@ class LastCheckpoint(L.Callback):
     def __init__(
         self, dirpath: str, every_n_train_steps: int = 100, filename: str = "last"
     ) -> None:
-        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 1:
-            raise ConfigError(
-                f"callbacks.last.every_n_train_steps={every_n_train_steps!r} must be >= 1"
-            )
+        require_int("callbacks.last.every_n_train_steps", every_n_train_steps)
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.every_n_train_steps = every_n_train_steps
         self._saved_at = -1
@@ -207,10 +204,7 @@ class NonFiniteGuard(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
-        if not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
-            raise ConfigError(
-                f"callbacks.nonfinite.check_every_n_steps={check_every_n_steps!r} must be >= 1"
-            )
+        require_int("callbacks.nonfinite.check_every_n_steps", check_every_n_steps)
         self.check_every_n_steps = check_every_n_steps
         self._checked_at = 0
 

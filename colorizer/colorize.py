@@ -27,7 +27,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from colorizer.cli import image_progress, resolve_device, run_app
-from colorizer.errors import ConfigError
+from colorizer.errors import ConfigError, require_int
 from colorizer.inference import PRECISIONS, ChromaNetwork, colorize_full_resolution, open_network
 from colorizer.photo_files import FORMATS, Job, PhotoFiles, find_jobs, side_by_side, write_image
 
@@ -128,13 +128,10 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
 def _check(cfg: DictConfig) -> None:
     """Refuse bad option values with a message naming the key."""
     for key in ("size", "batch_size", "quality"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} must be a positive integer")
+        require_int(key, cfg[key])
     if cfg.quality > 100:
         raise ConfigError(f"quality={cfg.quality} must be at most 100")
-    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-        raise ConfigError(f"num_workers={cfg.num_workers!r} must be an integer >= 0")
+    require_int("num_workers", cfg.num_workers, least=0)
     if cfg.format is not None and cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not one of: null, {', '.join(FORMATS)}")
     if cfg.color_inputs not in COLOR_INPUTS:

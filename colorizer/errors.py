@@ -9,5 +9,15 @@ class DataError(ValueError):
     """A data problem the user can fix; the message is one line saying what and how."""
 
 
+def require_int(
+    key: str, value: object, least: int = 1, error: type[ValueError] = ConfigError
+) -> int:
+    """``value`` when it is an integer (not a bool) of at least ``least``; otherwise ``error``
+    with one line naming ``key``: ``data.batch_size=0 must be an integer >= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise error(f"{key}={value!r} must be an integer >= {least}")
+    return value
+
+
 class TrainingDiverged(RuntimeError):
     """A loss or the weights became NaN or infinite; training stopped (exit status 1)."""

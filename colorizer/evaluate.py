@@ -40,7 +40,7 @@ from colorizer.callbacks import triplet_grid
 from colorizer.cli import image_progress, resolve_device, run_app
 from colorizer.data.base import DataError, ImageDataModule, ImageFileDataset
 from colorizer.data.images import format_reasons, format_summary, list_image_files, scan_images
-from colorizer.errors import ConfigError
+from colorizer.errors import ConfigError, require_int
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
 from colorizer.registry import DATA_SOURCES, MODELS
@@ -63,8 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.split)
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not one of: {', '.join(SPLITS)}")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
+    require_int("batch_size", cfg.batch_size)
     device = resolve_device(str(cfg.device))
     L.seed_everything(cfg.seed, verbose=False)
     model = load_model(cfg.ckpt_path).to(device)

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from colorizer.cli import run_app
-from colorizer.errors import ConfigError
+from colorizer.errors import ConfigError, require_int
 from colorizer.inference import ONNX_INPUT, ONNX_OUTPUT, OnnxNetwork, model_name, onnx_metadata
 from colorizer.models import ColorizationModule, load_model
 
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write ``cfg.output`` from ``cfg.ckpt_path`` and verify it; returns the summary."""
     size = cfg.size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"size={size!r} must be a positive integer")
+    require_int("size", size)
     output = Path(str(cfg.output))
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"output={output} must be an .onnx file name")

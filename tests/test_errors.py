@@ -1,7 +1,10 @@
 """A walk through the mistakes a user can make: each ends in one line naming the fix, exit 2."""
 
+import re
+
 import pytest
 
+from colorizer.errors import DataError, require_int
 from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
 
 MISTAKES = {
@@ -54,3 +57,12 @@ def test_checkpoint_of_another_model_or_other_settings(main_of, checkpoint_of):
     result = main_of("colorizer.run", *wider, *QUICK, f"ckpt_path={gan}")
     assert_one_line_error(result, "was trained with other model settings",
                           "model.base_channels=16 there, 32 here")  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, True, "4", None])
+def test_require_int_names_the_key_and_what_it_needs(value):
+    with pytest.raises(
+        DataError, match=rf"^data.batch_size={re.escape(repr(value))} must be an integer >= 1$"
+    ):
+        require_int("data.batch_size", value, error=DataError)
+    assert require_int("num_workers", 0, least=0) == 0

@@ -56,7 +56,7 @@ def test_divergence_keeps_the_last_good_checkpoint(make_cfg, tmp_path, name):
 
 
 def test_check_interval_is_validated(make_cfg):
-    with pytest.raises(Exception, match="check_every_n_steps=0 must be >= 1"):
+    with pytest.raises(Exception, match="check_every_n_steps=0 must be an integer >= 1"):
         train(make_cfg("model=alpha", *QUICK, "callbacks.nonfinite.check_every_n_steps=0"))
 
 
@@ -64,4 +64,4 @@ def test_cli_one_line_for_a_bad_check_interval(main_of):
     result = main_of(
         "colorizer.run", "model=alpha", *QUICK, "callbacks.nonfinite.check_every_n_steps=0"
     )
-    assert_one_line_error(result, "check_every_n_steps=0 must be >= 1")
+    assert_one_line_error(result, "check_every_n_steps=0 must be an integer >= 1")

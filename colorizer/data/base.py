@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from colorizer.data.augment import DeviceAugmentation
 from colorizer.data.images import SkippedImage, load_rgb
-from colorizer.errors import DataError
+from colorizer.errors import DataError, require_int
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +244,7 @@ class ImageDataModule(L.LightningDataModule):
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
         ):
-            if not isinstance(value, int) or value < least:
-                raise DataError(f"data.{name}={value!r} must be an integer >= {least}")
+            require_int(f"data.{name}", value, least, error=DataError)
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -19,6 +19,7 @@ from typing import Any
 
 from colorizer.data.base import DataError
 from colorizer.data.curated import SPLITS, CuratedDataModule
+from colorizer.errors import require_int
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class CocoDataModule(CuratedDataModule):
             resized_cache=resized_cache,
         )
         for name, value in (("subset", subset), ("test_subset", test_subset)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise DataError(f"data.{name}={value!r} must be a positive integer or null")
+            if value is not None:  # null: every image
+                require_int(f"data.{name}", value, error=DataError)
         self.train_annotations = train_annotations
         self.test_annotations = test_annotations
         self.categories = list(categories) if categories else None

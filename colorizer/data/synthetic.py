@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from colorizer.data.base import DataError, ImageDataModule, split_key
+from colorizer.errors import require_int
 
 SCENE_CLASSES = ("grass", "sand", "disc", "square", "stripes")
 GRASS, SAND, DISC, SQUARE, STRIPES = range(len(SCENE_CLASSES))
@@ -136,8 +137,7 @@ class SyntheticDataModule(ImageDataModule):
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if not isinstance(value, int) or value < 1:
-                raise DataError(f"data.{name}={value!r} must be an integer >= 1")
+            require_int(f"data.{name}", value, error=DataError)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def setup(self, stage: str | None = None) -> None:
