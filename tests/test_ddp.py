@@ -28,6 +28,7 @@ DDP = [
 
 
 # alpha's DDP run is in the randomness test below; beta is alpha's class (PlainCNNColorizer).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fullcnn", "gan"])
 def test_ddp_metrics_equal_a_single_process_evaluation(cli, make_cfg, tmp_path, name):
     result = cli("colorizer.run", *SMALL_MODELS[name], *DDP, "hydra.run.dir=run")

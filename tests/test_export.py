@@ -21,7 +21,9 @@ from tests.test_colorize import colourful
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deploy_onnx.py"
 
 
-@pytest.mark.parametrize("name", list(SMALL_MODELS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "fullcnn" else n for n in SMALL_MODELS]
+)
 def test_export_matches_pytorch_and_colorizes_like_it(make_cfg, tmp_path, checkpoint_of, name):
     checkpoint, onnx_file = checkpoint_of(name), tmp_path / f"{name}.onnx"
     summary = export(

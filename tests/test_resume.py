@@ -111,6 +111,7 @@ def test_requeued_job_prefers_its_own_checkpoint_to_the_one_it_started_from(tmp_
     assert resume_from(str(start), run, model) == str(start)  # outside submitit: as asked
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [

@@ -30,6 +30,7 @@ def test_train_returns_and_writes_every_metric(make_cfg, tmp_path):
     assert (run / "samples" / "test.png").is_file()
 
 
+@pytest.mark.slow
 def test_cli_run_leaves_the_run_directory(cli, tmp_path):
     run = tmp_path / "cli-run"
     result = cli("colorizer.run", "model=alpha", *QUICK, f"hydra.run.dir={run}")
@@ -44,6 +45,7 @@ def test_cli_run_leaves_the_run_directory(cli, tmp_path):
     assert "gray baseline" in result.stdout and str(run) in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_default_data_is_the_embedded_photographs(main_of, tmp_path):
     run = tmp_path / "curated"
     args = ["trainer=debug", "logger=none", "data.num_workers=0", f"hydra.run.dir={run}"]

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import submitit
 from hydra.utils import instantiate
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -78,6 +79,7 @@ def test_under_slurm_lightning_leaves_requeue_to_submitit(make_cfg, monkeypatch)
     assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
 
 
+@pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs import PreemptOnce from tests/
     result = cli(
@@ -86,20 +88,19 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
             *SMALL_MODELS["alpha"], *QUICK, "trainer.max_steps=12",
             "trainer.val_check_interval=12", "callbacks.last.every_n_train_steps=4",
             "+callbacks.preempt._target_=tests.test_slurm.PreemptOnce",
-            "+callbacks.preempt.step=6", "seed=1,2",
+            "+callbacks.preempt.step=6", "seed=1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     # The default sweep dir, multirun/DATE/TIME: the requeued job, seconds later, must find
     # the same one (Hydra's `now` resolver caches its value in the pickled config).
     (sweep,) = (tmp_path / "multirun").glob("*/*")
-    for job in ("0", "1"):
-        run = sweep / job
-        log = (run / "run.log").read_text()  # both tries of the job, submitit's lines too
-        assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, log
-        assert "Requeued job" in log
-        assert f"Resuming from {run.resolve()}/checkpoints/last.ckpt" in log
-        summary = json.loads((run / "metrics.json").read_text())
-        assert summary["global_step"] == 12  # the whole run, not 12 more steps after a restart
+    run = sweep / "0"  # the one job
+    log = (run / "run.log").read_text()  # both tries of the job, submitit's lines too
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, log
+    assert "Requeued job" in log
+    assert f"Resuming from {run.resolve()}/checkpoints/last.ckpt" in log
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["global_step"] == 12  # the whole run, not 12 more steps after a restart
 
 
 def test_slurm_launcher_mistakes_are_one_line(main_of):

@@ -164,6 +164,7 @@ def cache_copy(first_run: FirstRun, tmp_path: Path) -> str:
     return str(shutil.copytree(first_run.cache, tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_download_counts_every_outcome_by_reason(first_run: FirstRun, server: ImageServer) -> None:
     report = first_run.module.report
     assert report is not None
@@ -192,6 +193,7 @@ def test_download_counts_every_outcome_by_reason(first_run: FirstRun, server: Im
     assert "internet cache: 7 found, 6 used, 1 skipped (1 grayscale)" in first_run.log
 
 
+@pytest.mark.slow
 def test_rejected_urls_are_never_fetched(first_run: FirstRun) -> None:
     # retries=1: a failed request is tried twice; everything else once; nothing else at all.
     expected = Counter({path: 1 for path in [*DOWNLOADED, *FAILED, "/moved/here.jpg"]})
@@ -204,11 +206,13 @@ def test_rejected_urls_are_never_fetched(first_run: FirstRun) -> None:
     assert not any(url.startswith(("ftp:", "file:")) for url in tried_urls(first_run.cache).url)
 
 
+@pytest.mark.slow
 def test_download_leaves_the_process_as_it_was(first_run: FirstRun) -> None:
     # img2dataset installs a SIGINT handler that exits 0: Ctrl-C must still stop training.
     assert first_run.process_state_kept
 
 
+@pytest.mark.slow
 def test_cached_images_are_resized_upright_and_split_by_url(
     first_run: FirstRun, server: ImageServer
 ) -> None:
@@ -225,6 +229,7 @@ def test_cached_images_are_resized_upright_and_split_by_url(
     assert [len(split) for split in splits] == [4, 1, 1]
 
 
+@pytest.mark.slow
 def test_batches_are_uint8_rgb_squares(first_run: FirstRun) -> None:
     module = first_run.module
     train_batch = next(iter(module.train_dataloader()))
@@ -233,6 +238,7 @@ def test_batches_are_uint8_rgb_squares(first_run: FirstRun) -> None:
         assert next(iter(loader)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_rerun_fetches_only_urls_not_tried_before(
     first_run: FirstRun, server: ImageServer, tmp_path: Path
 ) -> None:
@@ -262,6 +268,7 @@ def test_rerun_fetches_only_urls_not_tried_before(
     assert server.requests == before and retry.report["fetched_now"] == len(FAILED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".txt", ".csv", ".parquet"])
 def test_every_list_format_reads_the_same_urls(
     first_run: FirstRun, server: ImageServer, tmp_path: Path, suffix: str
@@ -316,6 +323,7 @@ def test_unusable_lists_are_one_line_errors(tmp_path: Path) -> None:
     assert "none of its 2 URLs gave an image (2 not http/https)" in one_line_error(module)
 
 
+@pytest.mark.slow
 def test_nothing_downloaded_names_the_reasons_and_the_fix(
     first_run: FirstRun, server: ImageServer, tmp_path: Path
 ) -> None:
@@ -406,6 +414,7 @@ def test_config_matches_the_constructor(make_cfg, tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_training_on_a_url_list_end_to_end(first_run: FirstRun, make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
         "model=alpha", "data=internet", f"data.urls={first_run.urls_file}",

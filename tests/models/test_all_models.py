@@ -40,6 +40,7 @@ def test_model_learns_colour_on_synthetic_images(make_cfg, name):
     assert summary["test/delta_cf"] < summary["test/gray_delta_cf"] / 2
 
 
+@pytest.mark.slow
 def test_every_checkpoint_loads_and_colorizes_in_a_fresh_process(checkpoint_of):
     """One process, no Hydra, no repository on sys.path: only the checkpoint files."""
     checkpoints = {name: str(checkpoint_of(name)) for name in SMALL_MODELS}

@@ -31,6 +31,7 @@ def weights_file(tmp_path):
     return path, state
 
 
+@pytest.mark.slow
 def test_checkpoints_reference_the_frozen_classifier_and_load_it_back(
     make_cfg, tmp_path, weights_file
 ):
@@ -98,6 +99,7 @@ def test_a_random_classifier_is_rebuilt_from_its_seed(make_cfg, tmp_path):
     torch.testing.assert_close(model.backbone.conv1[0].weight, stored["conv1.0.weight"])
 
 
+@pytest.mark.slow
 def test_the_default_model_writes_small_checkpoints(make_cfg, tmp_path):
     """fullcnn with its 55.8 M-parameter classifier: checkpoints hold the 6.5 M trained ones,
     the best as weights only (it is not the final state here: validated at steps 2 and 4)."""

@@ -98,6 +98,7 @@ def test_no_weights_anywhere_warns_once_and_stays_random(tmp_path, monkeypatch):
         model.on_fit_start()  # looked up once per model, not again at every fit
 
 
+@pytest.mark.slow
 def test_backbone_weights_from_the_hugging_face_cache(tmp_path, weights_state):
     # The layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REV/FILE}.
     repo = tmp_path / "models--timm--inception_resnet_v2.tf_in1k"
