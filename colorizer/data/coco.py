@@ -19,6 +19,7 @@ from typing import Any
 
 from colorizer.data.base import DataError
 from colorizer.data.curated import SPLITS, CuratedDataModule
+from colorizer.data.images import format_reasons
 from colorizer.errors import require_int
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class CocoDataModule(CuratedDataModule):
         self.subset = subset
         self.test_subset = test_subset
 
-    def _find_splits(self) -> dict[str, list[Path]]:
+    def find_splits(self) -> dict[str, list[Path]]:
         if not self.root.is_dir():
             raise DataError(f"data.root={self.root} does not exist: {HOW_TO_GET}")
         pool = self._listed_images(self.train_annotations, self.subset, "train pool")
@@ -112,8 +113,12 @@ class CocoDataModule(CuratedDataModule):
         image_dir = self.root / path.stem.removeprefix("instances_")
         files, refused = self._resolve(coco, ids, image_dir)
         if refused:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in refused.most_common())
-            log.warning("%s: %d listed images not read (%s)", label, sum(refused.values()), reasons)
+            log.warning(
+                "%s: %d listed images not read (%s)",
+                label,
+                refused.total(),
+                format_reasons(refused),
+            )
         if not files:
             raise DataError(f"no image of {path.name} exists under {image_dir}: {HOW_TO_GET}")
         return self._scan(image_dir, files, f"coco {label}")

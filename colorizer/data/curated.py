@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ class CuratedDataModule(ImageDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self._find_splits()
+            self.splits = self.find_splits()
         splits, folder = dict(self.splits), None
         if self.resized_cache is not None:
             side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
@@ -120,7 +120,14 @@ class CuratedDataModule(ImageDataModule):
         }
         self.train_set, self.val_set, self.test_set = (datasets[s] for s in SPLITS)
 
-    def _find_splits(self) -> dict[str, list[Path]]:
+    def find_splits(self) -> dict[str, list[Path]]:
+        """The image files of each split, ``{"train": [...], "val": [...], "test": [...]}``.
+
+        The hook a data source built on this class overrides (COCO reads annotation files, the
+        internet source its download cache); :meth:`setup` calls it once and builds the
+        datasets, the resized cache and the transforms from what it returns. Raise
+        :class:`DataError` with one line saying what is missing and how to get it.
+        """
         if self.root is None:
             return self._embedded_splits()
         if not self.root.exists():
@@ -220,11 +227,7 @@ class CuratedDataModule(ImageDataModule):
                 f"data.root: {folder} contains no image files "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}): add images or fix data.root"
             )
-        result: ScanResult = scan_images(
-            files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
-        )
-        summary = format_summary(label, len(files), result)
-        log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
+        result, _ = self.scan_and_log(files, label)
         if not result.paths:
             raise DataError(
                 f"data.root: none of the {len(files)} image files in {folder} is usable "
@@ -232,3 +235,15 @@ class CuratedDataModule(ImageDataModule):
                 f"{self.min_size} px) or fix data.root"
             )
         return result.paths
+
+    def scan_and_log(self, files: Iterable[Path], label: str) -> tuple[ScanResult, str]:
+        """Validate ``files`` once (:func:`scan_images` with this source's size and grayscale
+        rules) and log one line of what was used and skipped (a warning when any was); returns
+        the result and that line, for the caller's own "too few images" error."""
+        files = list(files)
+        result = scan_images(
+            files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
+        )
+        summary = format_summary(label, len(files), result)
+        log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
+        return result, summary

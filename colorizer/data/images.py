@@ -13,7 +13,7 @@ import struct
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -244,11 +244,16 @@ def list_image_files(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def format_reasons(skipped: Counter[str]) -> str:
-    """``"2 truncated or corrupt, 1 grayscale"``: most frequent first, ties in vocabulary order."""
-    rank = {reason: i for i, reason in enumerate(SKIP_REASONS)}
-    order = sorted(skipped.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank))))
-    return ", ".join(f"{count} {reason}" for reason, count in order if count)
+def format_reasons(counts: Mapping[str, int], order: Sequence[str] = SKIP_REASONS) -> str:
+    """``"2 truncated or corrupt, 1 grayscale"``: what was refused and why, in one phrase.
+
+    Most frequent first; ties in the order of ``order`` (this module's vocabulary by default),
+    then alphabetically. Every data source counts its refusals (skipped files, failed URLs,
+    unreadable annotation entries) with this one formatter.
+    """
+    rank = {reason: i for i, reason in enumerate(order)}
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank)), kv[0]))
+    return ", ".join(f"{count} {reason}" for reason, count in ranked if count)
 
 
 def format_summary(split: str, found: int, result: ScanResult) -> str:

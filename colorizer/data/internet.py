@@ -30,13 +30,12 @@ import pandas as pd
 
 from colorizer.data.base import DataError, seeded_split
 from colorizer.data.curated import SPLITS, CuratedDataModule
-from colorizer.data.images import format_summary, scan_images
+from colorizer.data.images import format_reasons
 from colorizer.data.url_cache import (
     Outcome,
     apply_recorded_orientation,
     default_cache_dir,
     download_scope,
-    format_counts,
     read_outcomes,
     read_url_list,
 )
@@ -218,8 +217,8 @@ class InternetDataModule(CuratedDataModule):
         downloaded = len(urls) - len(failed)
         total = len(urls) + rejected.total()
         line = f"internet: {total} URLs, {downloaded} downloaded, {len(failed)} failed"
-        line += f" ({format_counts(failures)})" if failures else ""
-        line += f", {rejected.total()} rejected ({format_counts(rejected)})" if rejected else ""
+        line += f" ({format_reasons(failures)})" if failures else ""
+        line += f", {rejected.total()} rejected ({format_reasons(rejected)})" if rejected else ""
         line += f", {duplicates} duplicate{'s' * (duplicates > 1)} dropped" if duplicates else ""
         line += f"; {fetched} fetched now, {len(urls) - fetched} from the cache {self.cache_dir}"
         report = {
@@ -240,14 +239,14 @@ class InternetDataModule(CuratedDataModule):
         (self.cache_dir / "download_report.json").write_text(json.dumps(report, indent=2) + "\n")
         log.log(logging.WARNING if failures or rejected else logging.INFO, "%s", line)
         if downloaded == 0:
-            why = format_counts(failures + rejected)
+            why = format_reasons(failures + rejected)
             raise DataError(
                 f"data.urls={self.urls}: none of its {total} URLs gave an image ({why}): fix the "
                 "list or the network, then re-run with data.retry_failed=true"
             )
         return report
 
-    def _find_splits(self) -> dict[str, list[Path]]:
+    def find_splits(self) -> dict[str, list[Path]]:
         """The cached images of the list's URLs, validated once, split by URL and seed."""
         urls, _, _ = read_url_list(self.urls)
         outcomes = read_outcomes(self.shards)
@@ -257,11 +256,7 @@ class InternetDataModule(CuratedDataModule):
                 f"no image of data.urls={self.urls} is in {self.cache_dir}: call prepare_data() "
                 "first to download them (the Trainer does)"
             )
-        result = scan_images(
-            url_of, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
-        )
-        summary = format_summary("internet cache", len(url_of), result)
-        log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
+        result, summary = self.scan_and_log(url_of, "internet cache")
         if len(result.paths) < 3:
             raise DataError(
                 f"data.urls={self.urls} gave {len(result.paths)} usable image(s) ({summary}); a "

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -66,12 +66,6 @@ def failure_reason(message: str | None) -> str:
         if match := re.search(pattern, text):
             return reason.format(*match.groups())
     return "other"
-
-
-def format_counts(counts: Mapping[str, int]) -> str:
-    """``"2 timeout, 1 http 404"``: most frequent first, ties in alphabetical order."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ", ".join(f"{n} {reason}" for reason, n in ranked)
 
 
 def read_url_list(path: Path) -> tuple[list[str], Counter[str], int]:

@@ -24,7 +24,7 @@ def test_official_layout_splits_and_refusals(coco_root, caplog):
     assert not splits["train"] & splits["val"] and len(splits["val"]) == 1  # 20 % of 7
     assert splits["test"] == {201, 202, 203}  # COCO's own val2017
     log = caplog.text
-    assert "2 listed images not read (1 unsafe file_name, 1 missing file)" in log
+    assert "2 listed images not read (1 missing file, 1 unsafe file_name)" in log
     assert "1 grayscale" in log
     assert all("escape" not in str(p) for paths in module.splits.values() for p in paths)
     batch = next(iter(module.train_dataloader()))

@@ -13,6 +13,7 @@ from PIL import Image, ImageFile
 
 from colorizer.data.images import (
     SkippedImage,
+    format_reasons,
     format_summary,
     is_grayscale,
     list_image_files,
@@ -223,3 +224,15 @@ def test_list_image_files_recursive_sorted_case_insensitive(tmp_path: Path, make
         make_photo(8, 8).save(tmp_path / name, format="PNG")
     found = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path)]
     assert found == ["b.JPG", "sub/a.png", "sub/deeper/c.jpeg"]
+
+
+def test_every_source_words_its_refusals_alike():
+    # Skipped files: most frequent first, ties in the scan's own vocabulary order.
+    assert format_reasons(Counter({"grayscale": 1, "too small": 1, "truncated or corrupt": 2})) == (
+        "2 truncated or corrupt, 1 too small, 1 grayscale"
+    )
+    # Failed URLs or annotation entries (words outside that vocabulary): ties alphabetically,
+    # whatever order they were counted in; nothing counted zero times.
+    counts = Counter({"unsafe file_name": 1, "missing file": 1, "timeout": 3, "http 404": 0})
+    assert format_reasons(counts) == "3 timeout, 1 missing file, 1 unsafe file_name"
+    assert format_reasons({}) == ""
