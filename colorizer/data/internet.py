@@ -217,8 +217,12 @@ class InternetDataModule(CuratedDataModule):
         downloaded = len(urls) - len(failed)
         total = len(urls) + rejected.total()
         line = f"internet: {total} URLs, {downloaded} downloaded, {len(failed)} failed"
-        line += f" ({format_reasons(failures)})" if failures else ""
-        line += f", {rejected.total()} rejected ({format_reasons(rejected)})" if rejected else ""
+        line += f" ({format_reasons(failures, order=())})" if failures else ""
+        line += (
+            f", {rejected.total()} rejected ({format_reasons(rejected, order=())})"
+            if rejected
+            else ""
+        )
         line += f", {duplicates} duplicate{'s' * (duplicates > 1)} dropped" if duplicates else ""
         line += f"; {fetched} fetched now, {len(urls) - fetched} from the cache {self.cache_dir}"
         report = {
@@ -239,7 +243,7 @@ class InternetDataModule(CuratedDataModule):
         (self.cache_dir / "download_report.json").write_text(json.dumps(report, indent=2) + "\n")
         log.log(logging.WARNING if failures or rejected else logging.INFO, "%s", line)
         if downloaded == 0:
-            why = format_reasons(failures + rejected)
+            why = format_reasons(failures + rejected, order=())
             raise DataError(
                 f"data.urls={self.urls}: none of its {total} URLs gave an image ({why}): fix the "
                 "list or the network, then re-run with data.retry_failed=true"
