@@ -20,13 +20,18 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m colorizer.run $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each handed the next test when it is free:
+# much of a test's time is one-threaded (imports, process starts, Lightning's Python, C++
+# compilation), so two workers keep two cores busy. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 ## Lint, then the whole test suite (slow tests included).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 ## The test suite without slow-marked tests, for quick iteration.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,15 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from colorizer.cli import CONFIG_DIR
+
+# Under pytest-xdist (`make test` runs 2 workers), each worker and the processes its tests start
+# get their share of the cores: OpenMP threads spinning on more threads than cores slow
+# every test down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
 
 # Small, fast settings for end-to-end runs on two CPU cores.
 QUICK = ["data=synthetic", "trainer=debug", "logger=none", "trainer.accelerator=cpu"]
