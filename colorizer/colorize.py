@@ -26,9 +26,16 @@ from omegaconf import DictConfig
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from colorizer.cli import image_progress, resolve_device, run_app
+from colorizer.cli import run_app
+from colorizer.console import image_progress
 from colorizer.errors import ConfigError, require_int
-from colorizer.inference import PRECISIONS, ChromaNetwork, colorize_full_resolution, open_network
+from colorizer.inference import (
+    PRECISIONS,
+    ChromaNetwork,
+    colorize_full_resolution,
+    open_network,
+    resolve_device,
+)
 from colorizer.photo_files import FORMATS, Job, PhotoFiles, find_jobs, side_by_side, write_image
 
 log = logging.getLogger(__name__)

@@ -253,3 +253,18 @@ class TrainingProgress(ProgressBar):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._eval_end(trainer)
+
+
+class ImagesPerSecond(progress.ProgressColumn):
+    """A progress bar column: throughput in images/s."""
+
+    def render(self, task: progress.Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} images/s")
+
+
+def image_progress(console: Console) -> progress.Progress:
+    """A progress bar over images: bar, done/total, elapsed time, images/s."""
+    columns = (progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), ImagesPerSecond())
+    return progress.Progress(
+        *progress.Progress.get_default_columns()[:2], *columns, console=console
+    )

@@ -37,10 +37,12 @@ from torchvision.transforms import v2
 from torchvision.utils import save_image
 
 from colorizer.callbacks import triplet_grid
-from colorizer.cli import image_progress, resolve_device, run_app
+from colorizer.cli import run_app
+from colorizer.console import image_progress
 from colorizer.data.base import DataError, ImageDataModule, ImageFileDataset
 from colorizer.data.images import format_reasons, format_summary, list_image_files, scan_images
 from colorizer.errors import ConfigError, require_int
+from colorizer.inference import resolve_device
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
 from colorizer.registry import DATA_SOURCES, MODELS

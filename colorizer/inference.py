@@ -28,6 +28,19 @@ ONNX_INPUT, ONNX_OUTPUT = "l_norm", "ab_norm"
 META = "colorizer."
 
 
+def resolve_device(name: str) -> torch.device:
+    """The ``device=`` option: ``auto`` is the GPU if there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}, but there is no CUDA GPU: use device=auto or cpu")
+    return device
+
+
 class ChromaNetwork:
     """A colorization network with its geometry.
 

@@ -12,8 +12,9 @@ from omegaconf import open_dict
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
-from colorizer.cli import CONFIG_DIR, describe
+from colorizer.cli import CONFIG_DIR
 from colorizer.data.curated import CuratedDataModule
+from colorizer.error_lines import describe
 from colorizer.errors import ConfigError
 from colorizer.evaluate import eval_dataset, evaluate, perceptual_metrics, stack_by_size
 from colorizer.run import train
