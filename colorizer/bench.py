@@ -114,7 +114,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         f"threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     _print(result, output_dir / "bench.json")
@@ -144,7 +144,7 @@ def _trainer(cfg: DictConfig, batches: int, callbacks: list | None = None) -> L.
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=cfg.output_dir,
+        default_root_dir=cfg.paths.output_dir,
     )
 
 
@@ -243,7 +243,7 @@ def _data_rates(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devi
         skipped = f"needs image files, which data={DATA_SOURCES.name_of(type(datamodule))} has not"
         return {"data_images_per_s": None, "reference_data_images_per_s": None,
                 "data_speedup": None, "data_skipped": skipped}  # fmt: skip
-    cache = datamodule.resized_cache or str(Path(cfg.output_dir) / "resized_cache")
+    cache = datamodule.resized_cache or str(Path(cfg.paths.output_dir) / "resized_cache")
     originals: ImageDataModule = instantiate(cfg.data, resized_cache=None)
     cached: ImageDataModule = instantiate(cfg.data, resized_cache=cache)
     originals.setup("fit")

@@ -128,7 +128,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         "images_per_s": round(done / seconds, 3) if done and seconds > 0 else 0.0,
         "output": str(Path(str(cfg.output)).resolve()),
     }
-    _report(summary, console, Path(str(cfg.run_dir)))
+    _report(summary, console, Path(str(cfg.paths.output_dir)))
     return summary
 
 

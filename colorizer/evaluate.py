@@ -113,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped_metrics": skipped,
         **values,
     }
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = [output_dir / "metrics.json", output_dir / "report.md"]
     written[0].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

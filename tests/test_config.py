@@ -3,11 +3,12 @@
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from colorizer.cli import CONFIG_DIR
 from colorizer.models.base import ColorizationModule
 
-GROUPS = ("model", "data", "trainer", "logger", "experiment", "sweep")
+GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment", "sweep")
 OPTIONS = [
     (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
 ]
@@ -57,3 +58,21 @@ def test_run_directory_follows_hydra(make_cfg, tmp_path):
     cfg = make_cfg("model=alpha")
     assert cfg.paths.output_dir == str(tmp_path / "run")
     assert cfg.callbacks.checkpoint.dirpath == str(tmp_path / "run" / "checkpoints")
+
+
+IMAGE_SOURCES = ("curated", "coco", "internet")
+
+
+@pytest.mark.parametrize("source", IMAGE_SOURCES)
+def test_image_sources_share_one_base_config(make_cfg, source):
+    """Sizes, split and augmentation are written once (data/common/images.yaml); a source's
+    file holds only what is its own or differs."""
+    common = OmegaConf.load(CONFIG_DIR / "data" / "common" / "images.yaml")
+    own = OmegaConf.load(CONFIG_DIR / "data" / f"{source}.yaml")
+    assert list(own.defaults) == ["common/images@_here_", "_self_"]
+    cfg = make_cfg(f"data={source}", *REQUIRED.get(source, []))
+    for key in common:
+        if key == "seed":  # ${seed}: the run's seed
+            assert cfg.data.seed == cfg.seed
+        else:
+            assert cfg.data[key] == (own[key] if key in own else common[key]), key
