@@ -76,3 +76,18 @@ def test_image_sources_share_one_base_config(make_cfg, source):
             assert cfg.data.seed == cfg.seed
         else:
             assert cfg.data[key] == (own[key] if key in own else common[key]), key
+
+
+@pytest.mark.parametrize("source", IMAGE_SOURCES)
+def test_image_source_configs_match_their_constructors(make_cfg, tmp_path, source):
+    """A config's values are its class's Python defaults (augmentation aside: on in training
+    configs, off for code that builds a module itself), and it sets nothing the class lacks."""
+    required = {"curated": {}, "coco": {"root": "/data/coco"},
+                "internet": {"urls": str(tmp_path / "photos.txt")}}[source]  # fmt: skip
+    cfg = make_cfg(f"data={source}", *[f"data.{key}={value}" for key, value in required.items()])
+    configured = instantiate(cfg.data)
+    direct = type(configured)(**required)
+    assert {k for k in cfg.data if not k.startswith("_")} <= set(direct.hparams)
+    assert {k: v for k, v in configured.hparams.items() if k != "augment"} == {
+        k: v for k, v in direct.hparams.items() if k != "augment"
+    }

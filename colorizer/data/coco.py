@@ -13,7 +13,7 @@ import io
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ from colorizer.errors import require_int
 
 log = logging.getLogger(__name__)
 
+# The reference GAN recipe's settings: 256² crops, batches of 16, 20 % of the train pool for
+# validation, COCO's val2017 for testing.
+FOLDER_DEFAULTS = {"image_size": 256, "batch_size": 16, "val_fraction": 0.2, "test_fraction": 0.0}
 HOW_TO_GET = "download COCO 2017 from https://cocodataset.org/#download (see the README)"
 
 
@@ -48,32 +51,13 @@ class CocoDataModule(CuratedDataModule):
         categories: Sequence[str] | None = None,
         subset: int | None = None,
         test_subset: int | None = None,
-        image_size: int = 256,
-        batch_size: int = 16,
-        num_workers: int = 2,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        seed: int = 42,
-        min_size: int = 16,
-        exclude_grayscale: bool = True,
-        augment: Mapping[str, Any] | None = None,
-        resized_cache: str | None = None,
+        **folder: Any,
     ) -> None:
+        """``folder``: :class:`CuratedDataModule`'s options, with COCO's defaults
+        (:data:`FOLDER_DEFAULTS`) where not given."""
         if not root:
             raise DataError(f"data.root is required for data=coco: {HOW_TO_GET}")
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            min_size=min_size,
-            exclude_grayscale=exclude_grayscale,
-            augment=augment,
-            resized_cache=resized_cache,
-        )
+        super().__init__(root=root, **(FOLDER_DEFAULTS | folder))
         for name, value in (("subset", subset), ("test_subset", test_subset)):
             if value is not None:  # null: every image
                 require_int(f"data.{name}", value, error=DataError)

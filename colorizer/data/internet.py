@@ -22,7 +22,6 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +76,6 @@ class InternetDataModule(CuratedDataModule):
         self,
         urls: str,
         cache_dir: str | None = None,
-        image_size: int = 128,
-        batch_size: int = 8,
-        num_workers: int = 2,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 42,
-        min_size: int = 16,
-        exclude_grayscale: bool = True,
-        augment: Mapping[str, Any] | None = None,
         download_size: int | None = 512,
         timeout: float = 10,
         max_download_mb: float = 50,
@@ -95,27 +85,15 @@ class InternetDataModule(CuratedDataModule):
         processes: int = 1,
         max_pixels: int = 89_478_485,
         retry_failed: bool = False,
-        resized_cache: str | None = None,
+        **folder: Any,
     ) -> None:
         self.urls = Path(os.path.abspath(Path(urls).expanduser()))
         if cache_dir is None:
             cache_dir = str(default_cache_dir(self.urls, download_size))
-        super().__init__(
-            root=cache_dir,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            min_size=min_size,
-            exclude_grayscale=exclude_grayscale,
-            augment=augment,
-            resized_cache=resized_cache,
-        )
+        super().__init__(root=cache_dir, **folder)
         self.save_hyperparameters()
         for name, value, least in (
-            ("download_size", download_size or image_size, image_size),
+            ("download_size", download_size or self.image_size, self.image_size),
             ("timeout", timeout, 1e-3),
             ("max_download_mb", max_download_mb, 1e-3),
             ("max_download_seconds", max_download_seconds, 1e-3),
@@ -141,7 +119,7 @@ class InternetDataModule(CuratedDataModule):
             "retries": retries,
             "thread_count": threads,
             "processes_count": processes,
-            "min_image_size": min_size,
+            "min_image_size": self.min_size,
             "max_image_area": max_pixels,
         }
         self.report: dict[str, Any] | None = None

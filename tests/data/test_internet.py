@@ -6,7 +6,6 @@ shared by the tests that only read its cache; each of them works on a copy of th
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 
 from colorizer.data import DataError
@@ -398,20 +396,6 @@ def test_bad_download_settings_are_one_line_errors(tmp_path: Path) -> None:
         InternetDataModule("x.txt", timeout=0)
     with pytest.raises(DataError, match=r"data.download_size=64 must be at least 128"):
         InternetDataModule("x.txt", download_size=64, image_size=128)
-
-
-def test_config_matches_the_constructor(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("data=internet", f"data.urls={tmp_path / 'photos.txt'}")
-    module = instantiate(cfg.data)
-    assert isinstance(module, InternetDataModule)
-    defaults = {
-        name: p.default for name, p in inspect.signature(InternetDataModule).parameters.items()
-    }
-    configured = {k: v for k, v in cfg.data.items() if not k.startswith("_")}
-    assert set(configured) == set(defaults)
-    assert {k: configured[k] for k in defaults if k not in ("urls", "augment")} == {
-        k: v for k, v in defaults.items() if k not in ("urls", "augment")
-    }
 
 
 @pytest.mark.slow
