@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from colorizer.bench import SameBatch, _plain_step, bench
+from colorizer.bench import bench
+from colorizer.bench.training import SameBatch, plain_step
 from tests.conftest import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
@@ -65,7 +66,7 @@ def test_plain_loop_does_the_same_math_as_lightning(make_cfg, name):
             optimizers = model.configure_optimizers()
             optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
             next(iter(loader))  # the same draws from the global RNG as Lightning's loader
-            _plain_step(model.train(), optimizers)(batch)
+            plain_step(model.train(), optimizers)(batch)
         models.append(model)
     changed = 0
     for (key, trained), (_, plain) in zip(
