@@ -15,6 +15,10 @@ Measures, in one process, with warm-up steps excluded and the median of ``repeat
   size and workers; ``data_speedup`` is their ratio. Also: ours from the original files
   (``data_uncached_*``), and the workers alone, without Lab (``data_workers_images_per_s``):
   on a CPU the "device" doing Lab is the same two cores. Needs image files.
+- ``video_frames_per_s`` and ``video_flow_frames_per_s``: ``colorizer.colorize`` on a film
+  (``video.frames`` frames of ``video.width`` x ``video.height``, a camera pan over one of the
+  batch's images): decoding, colorizing at working size ``video.size``, encoding, with
+  ``temporal=none`` and ``temporal=flow``; the median of ``repeats`` runs of each, interleaved.
 - on a GPU: the FLOPs of one training step (``torch.utils.flop_counter``), the achieved
   FLOP/s and their fraction of the device's bf16 peak (``peak_tflops``, known GPUs only).
 
@@ -49,8 +53,11 @@ from colorizer.color import merge_lab, split_lab
 from colorizer.data.base import ImageDataModule, ImageFileDataset
 from colorizer.data.reference import PerSampleLabDataset
 from colorizer.errors import require_int
+from colorizer.inference import TorchNetwork
 from colorizer.models import ColorizationModule
 from colorizer.registry import DATA_SOURCES, MODELS
+from colorizer.video import FrameColorizer, colorize_video, write_video
+from colorizer.video_eval import camera_move
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4}
@@ -108,6 +115,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "plain_runs_images_per_s": plain_runs,
         "infer_images_per_s": _inference_rate(cfg, probe, batch, device, bf16),
         **_data_rates(cfg, datamodule, device),
+        **_video_rates(cfg, probe, batch, device, bf16),
         **_flops(cfg, batch, device, bf16, train_rate),
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
@@ -336,6 +344,35 @@ def _loader_rate(
             [tensor.to(device, non_blocking=True) for tensor in batch]
             images += batch[0].shape[0]
     return images / (_synchronized_time(device) - start)
+
+
+def _video_rates(
+    cfg: DictConfig, model: ColorizationModule, batch: torch.Tensor, device: torch.device,
+    bf16: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """frames/s of colorize on a film, per frame and with temporal=flow (``video.frames=0``:
+    not measured)."""
+    if not cfg.video.frames:
+        return {}
+    network = TorchNetwork(model, device, bf16=bf16)
+    shape = (cfg.video.height, cfg.video.width)
+    film = Path(cfg.output_dir) / "bench_film.mp4"
+    film.parent.mkdir(parents=True, exist_ok=True)
+    write_video(film, camera_move(batch[0], cfg.video.frames, shape, pan=(2.0, 0.5)))
+    runs: dict[str, list[float]] = {"none": [], "flow": []}
+    for repeat in range(cfg.repeats):
+        for temporal in list(runs) if repeat % 2 == 0 else reversed(runs):
+            colorizer = FrameColorizer(network, cfg.video.size, temporal)
+            colorizer([batch[0]])  # warm-up, outside the timing
+            start = _synchronized_time(device)
+            frames = colorize_video(film, film.with_stem("bench_out"), colorizer,
+                                    cfg.video.batch_size)  # fmt: skip
+            runs[temporal].append(frames / (_synchronized_time(device) - start))
+    return {
+        "video_frames_per_s": statistics.median(runs["none"]),
+        "video_flow_frames_per_s": statistics.median(runs["flow"]),
+        "video_shape": f"{cfg.video.width}x{cfg.video.height}, {cfg.video.frames} frames",
+    }
 
 
 def _flops(
