@@ -18,7 +18,8 @@ Measures, in one process, with warm-up steps excluded and the median of ``repeat
 - ``video_frames_per_s`` and ``video_flow_frames_per_s``: ``colorizer.colorize`` on a film
   (``video.frames`` frames of ``video.width`` x ``video.height``, a camera pan over one of the
   batch's images): decoding, colorizing at working size ``video.size``, encoding, with
-  ``temporal=none`` and ``temporal=flow``; the median of ``repeats`` runs of each, interleaved.
+  ``temporal=none`` and ``temporal=flow``; the median of ``video.repeats`` runs of each,
+  interleaved.
 - on a GPU: the FLOPs of one training step (``torch.utils.flop_counter``), the achieved
   FLOP/s and their fraction of the device's bf16 peak (``peak_tflops``, known GPUs only).
 
@@ -360,7 +361,7 @@ def _video_rates(
     film.parent.mkdir(parents=True, exist_ok=True)
     write_video(film, camera_move(batch[0], cfg.video.frames, shape, pan=(2.0, 0.5)))
     runs: dict[str, list[float]] = {"none": [], "flow": []}
-    for repeat in range(cfg.repeats):
+    for repeat in range(cfg.video.repeats):
         for temporal in list(runs) if repeat % 2 == 0 else reversed(runs):
             colorizer = FrameColorizer(network, cfg.video.size, temporal)
             colorizer([batch[0]])  # warm-up, outside the timing

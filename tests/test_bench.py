@@ -15,6 +15,7 @@ from tests.conftest import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
 BRIEF += ["video.frames=3", "video.width=64", "video.height=48", "video.size=32"]
+BRIEF += ["video.repeats=1"]
 TRAINING_KEYS = ("train_images_per_s", "plain_images_per_s", "infer_images_per_s")
 DATA_KEYS = ("data_images_per_s", "data_uncached_images_per_s", "data_workers_images_per_s")
 DATA_KEYS += ("reference_data_images_per_s",)
