@@ -142,10 +142,11 @@ def test_films_in_a_folder_keep_size_rate_length_audio_and_luminance(
         assert packets_out == packets_in  # copied, not re-encoded
     frames_in, frames_out = decode_frames(film), decode_frames(out / "film.mp4")
     assert len(frames_out) == len(frames_in) == SHOT
-    # L is the input's; the encoder (H.264, crf 17, 4:2:0) rounds it: measured mean 0.4 and
-    # 99th percentile ~2 L units on these 96-px frames, where a wrong L is off by tens.
+    # L is the input's up to the encoder: H.264 at crf 17 quantises, and 4:2:0 stores chroma
+    # at half resolution, which moves L at colour edges. Measured: mean 0.6, 99th percentile
+    # 2.5 L units on these frames; an L taken from anywhere else is off by tens.
     error = np.abs(lightness(frames_out) - lightness(frames_in))
-    assert error.mean() < 0.8 and np.percentile(error, 99) < 4.0
+    assert error.mean() < 1.0 and np.percentile(error, 99) < 4.0
     colour = np.hypot(*np.moveaxis(rgb2lab(frames_out[4].permute(1, 2, 0).numpy())[..., 1:], -1, 0))
     assert colour.mean() > 2.0  # it is colorized, not gray
     odd = decode_frames(out / "odd_size.mkv")
