@@ -71,7 +71,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     loader = DataLoader(
         PhotoFiles(todo),
         batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.num_workers if todo else 0,  # no worker processes for videos alone
         collate_fn=list,
         pin_memory=device.type == "cuda",
     )
