@@ -372,6 +372,7 @@ def _video_rates(
     return {
         "video_frames_per_s": statistics.median(runs["none"]),
         "video_flow_frames_per_s": statistics.median(runs["flow"]),
+        "video_runs_frames_per_s": runs,
         "video_shape": f"{cfg.video.width}x{cfg.video.height}, {cfg.video.frames} frames",
     }
 
