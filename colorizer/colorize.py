@@ -241,10 +241,12 @@ def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
     for outcome in ("skipped", "failed"):
         reasons = ", ".join(f"{n} {why}" for why, n in summary[f"{outcome}_reasons"].items())
         line += f", {outcome} {summary[outcome]}" + (f" ({reasons})" if reasons else "")
-    line += f"; {summary['images_per_s']:.2f} images/s"
+    rates = []
+    if summary["images_per_s"] or not summary["videos"]:
+        rates.append(f"{summary['images_per_s']:.2f} images/s")
     if summary["videos"]:
-        line += f", {summary['frames']} video frames at {summary['frames_per_s']:.2f} frames/s"
-    line += f" on {summary['device']}"
+        rates.append(f"{summary['frames']} video frames at {summary['frames_per_s']:.2f} frames/s")
+    line += f"; {', '.join(rates)} on {summary['device']}"
     if summary["colour_inputs_recoloured"]:
         console.print(
             f"{summary['colour_inputs_recoloured']} colour photos were recoloured from their "
