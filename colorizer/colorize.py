@@ -1,14 +1,17 @@
-"""Colorize photos at full size: ``python -m colorizer.colorize ckpt_path=X input=P output=D``.
+"""Colorize photos and videos at full size:
+``python -m colorizer.colorize ckpt_path=X input=P output=D``.
 
-``input`` is an image file, a folder (searched recursively) or a glob; each photo is written
-under ``output`` with its own name and sub-folder, size and aspect ratio. The network
+``input`` is an image or video file, a folder (searched recursively) or a glob; each photo is
+written under ``output`` with its own name and sub-folder, size and aspect ratio. The network
 sees the photo's luminance at its working size (``size``); its chroma is upsampled and merged
 with the photo's full-resolution L (``colorizer.inference``). Colour photos are recoloured from
-their luminance unless ``color_inputs=skip``.
+their luminance unless ``color_inputs=skip``. Videos are colorized frame by frame in batches,
+their chroma stabilised along the motion (``temporal=flow``), audio copied
+(``colorizer.video``).
 
-A photo that cannot be read or written is counted and reported, never stops the others, and
-leaves no partial file behind. Exit status: 0 when every photo was colorized or skipped on
-purpose, 1 when any failed, 2 for a usage error (one ``error:`` line).
+A photo or video that cannot be read or written is counted and reported, never stops the
+others, and leaves no partial file behind. Exit status: 0 when every input was colorized or
+skipped on purpose, 1 when any failed, 2 for a usage error (one ``error:`` line).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import av.error
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from colorizer.cli import run_app
 from colorizer.console import image_progress
+from colorizer.error_lines import one_line
 from colorizer.errors import ConfigError, require_int
 from colorizer.inference import (
     PRECISIONS,
@@ -37,6 +42,7 @@ from colorizer.inference import (
     resolve_device,
 )
 from colorizer.photo_files import FORMATS, Job, PhotoFiles, find_jobs, side_by_side, write_image
+from colorizer.video import TEMPORAL, FrameColorizer, VideoError, colorize_video
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ EXISTS = "output exists (overwrite=true replaces it)"
 
 
 def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str, Any]:
-    """Colorize every photo ``cfg.input`` names into ``cfg.output``; returns the summary.
+    """Colorize every photo and video ``cfg.input`` names into ``cfg.output``; returns the
+    summary.
 
     ``network`` replaces the one ``cfg.ckpt_path`` names, e.g. to reuse a loaded model.
     """
@@ -65,13 +72,14 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     skipped: dict[Path, str] = {}
     if not cfg.overwrite:
         skipped = {job.source: EXISTS for job in jobs if job.target.exists()}
-    todo = [job for job in jobs if job.source not in skipped]
+    todo = [job for job in jobs if job.source not in skipped and not job.is_video]
+    videos = [job for job in jobs if job.source not in skipped and job.is_video]
     failed: dict[Path, str] = {}
     done = recoloured = 0
     loader = DataLoader(
         PhotoFiles(todo),
         batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.num_workers if todo else 0,  # no worker processes for videos alone
         collate_fn=list,
         pin_memory=device.type == "cuda",
     )
@@ -92,7 +100,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
                 failed[job.source] = error
 
     with image_progress(console) as bar, ThreadPoolExecutor(WRITER_THREADS) as writers:
-        task = bar.add_task("colorizing", total=len(todo))
+        task = bar.add_task("colorizing", total=len(todo), visible=bool(todo))
         for batch in loader:
             photos = []
             for item in batch:
@@ -111,13 +119,16 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
             finish_writes(keep=2 * cfg.batch_size)
             bar.advance(task, len(batch))
         finish_writes(keep=0)
+        photo_seconds = time.perf_counter() - start
+        frames, failed_videos = _colorize_videos(network, videos, cfg, bar)
+    failed |= failed_videos
     seconds = time.perf_counter() - start
     summary = {
         "model": network.name,
         "backend": type(network).__name__,
         "device": str(device),
         "found": len(jobs),
-        "colorized": done,
+        "colorized": done + len(videos) - len(failed_videos),
         "skipped": len(skipped),
         "failed": len(failed),
         "colour_inputs_recoloured": recoloured,
@@ -125,7 +136,10 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         "failed_reasons": dict(Counter(failed.values())),
         "failures": {str(path): reason for path, reason in failed.items()},
         "seconds": round(seconds, 3),
-        "images_per_s": round(done / seconds, 3) if done and seconds > 0 else 0.0,
+        "images_per_s": _rate(done, photo_seconds),
+        "videos": len(videos),
+        "frames": frames,
+        "frames_per_s": _rate(frames, seconds - photo_seconds),
         "output": str(Path(str(cfg.output)).resolve()),
     }
     _report(summary, console, Path(str(cfg.paths.output_dir)))
@@ -143,6 +157,9 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"format={cfg.format} is not one of: null, {', '.join(FORMATS)}")
     if cfg.color_inputs not in COLOR_INPUTS:
         raise ConfigError(f"color_inputs={cfg.color_inputs} is not one of: grayscale, skip")
+    if str(cfg.temporal) not in TEMPORAL:
+        raise ConfigError(f"temporal={cfg.temporal} is not one of: {', '.join(TEMPORAL)}")
+    require_int("crf", cfg.crf, least=0)
     if str(cfg.precision) not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision} is not one of: {', '.join(PRECISIONS)}")
 
@@ -166,6 +183,37 @@ def _colorize_batch(
             failed |= one_failed
         return done, failed
     return [(job, item, out) for (job, item), out in zip(photos, outputs, strict=True)], {}
+
+
+def _colorize_videos(
+    network: ChromaNetwork, videos: list[Job], cfg: DictConfig, bar: Any
+) -> tuple[int, dict[Path, str]]:
+    """Colorize each video (a progress bar of frames each); returns the frames written and
+    the failures' reasons."""
+    frames, failed = 0, {}
+    for job in videos:
+        task = bar.add_task(job.source.name, total=None, unit="frames")
+
+        def show(done: int, total: int | None, task: Any = task) -> None:
+            bar.update(task, completed=done, total=total)
+
+        colorizer = FrameColorizer(network, cfg.size, str(cfg.temporal))
+        try:
+            frames += colorize_video(
+                job.source, job.target, colorizer, cfg.batch_size, cfg.crf, progress=show
+            )
+        except VideoError as err:
+            failed[job.source] = err.reason
+        except (OSError, av.error.FFmpegError) as err:
+            failed[job.source] = f"cannot write {job.target.name} ({one_line(err)[:200]})"
+        except (RuntimeError, MemoryError) as err:
+            failed[job.source] = _describe_failure(err)
+        bar.update(task, visible=False)
+    return frames, failed
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 3) if count and seconds > 0 else 0.0
 
 
 def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str | None:
@@ -201,7 +249,12 @@ def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
     for outcome in ("skipped", "failed"):
         reasons = ", ".join(f"{n} {why}" for why, n in summary[f"{outcome}_reasons"].items())
         line += f", {outcome} {summary[outcome]}" + (f" ({reasons})" if reasons else "")
-    line += f"; {summary['images_per_s']:.2f} images/s on {summary['device']}"
+    rates = []
+    if summary["images_per_s"] or not summary["videos"]:
+        rates.append(f"{summary['images_per_s']:.2f} images/s")
+    if summary["videos"]:
+        rates.append(f"{summary['frames']} video frames at {summary['frames_per_s']:.2f} frames/s")
+    line += f"; {', '.join(rates)} on {summary['device']}"
     if summary["colour_inputs_recoloured"]:
         console.print(
             f"{summary['colour_inputs_recoloured']} colour photos were recoloured from their "

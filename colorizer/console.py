@@ -256,15 +256,17 @@ class TrainingProgress(ProgressBar):
 
 
 class ImagesPerSecond(progress.ProgressColumn):
-    """A progress bar column: throughput in images/s."""
+    """A progress bar column: throughput in images/s (or the task's ``unit`` field: frames)."""
 
     def render(self, task: progress.Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} images/s")
+        return Text(f"{task.speed or 0:.1f} {task.fields.get('unit', 'images')}/s")
 
 
 def image_progress(console: Console) -> progress.Progress:
-    """A progress bar over images: bar, done/total, elapsed time, images/s."""
-    columns = (progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), ImagesPerSecond())
+    """A progress bar over images (or video frames): bar, done/total, elapsed and remaining
+    time, images/s."""
+    columns = (progress.MofNCompleteColumn(), progress.TimeElapsedColumn(),
+               progress.TimeRemainingColumn(), ImagesPerSecond())  # fmt: skip
     return progress.Progress(
         *progress.Progress.get_default_columns()[:2], *columns, console=console
     )

@@ -10,6 +10,9 @@ Sizes: by default each image goes through the data's evaluation transform (short
 ``data.image_size``, centre crop), which leaves images of exactly that size untouched.
 ``native=true`` evaluates each image at its own size; images of equal size share a batch, so
 a folder of same-size images runs at ``batch_size`` and a mixed one in smaller batches.
+
+``videos=PATH`` evaluates colour videos instead: PSNR and flicker (warping error) per frame,
+with ``temporal=flow`` and for the gray baseline (``colorizer.video_eval``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from colorizer.inference import resolve_device
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import load_model
 from colorizer.registry import DATA_SOURCES, MODELS
+from colorizer.video_eval import evaluate_videos
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,10 @@ DEFINITIONS = (
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; returns metrics.json's content."""
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data`` (or on ``cfg.videos``); returns
+    metrics.json's content."""
+    if cfg.get("videos") is not None:
+        return evaluate_videos(cfg)
     split = str(cfg.split)
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not one of: {', '.join(SPLITS)}")

@@ -184,27 +184,49 @@ def colorize_full_resolution(
     Returns:
         uint8 ``[3, H, W]`` sRGB on the CPU, each the size of its input, with its L.
     """
-    lightness = [normalize_l(rgb_to_lab(image[None].to(network.device))[:, :1]) for image in images]
-    # Photos that share a working shape share a forward pass.
+    lightness = full_lightness(images, network.device)
+    chroma = working_chroma(network, lightness, size)
+    pairs = zip(lightness, chroma, strict=True)
+    return [merge_full_resolution(l_full, ab)[0] for l_full, ab in pairs]
+
+
+def full_lightness(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """uint8 sRGB ``[3, H, W]`` (or batches ``[B, 3, H, W]``) each -> normalised L
+    ``[1, 1, H, W]`` (``[B, 1, H, W]``) in [-1, 1] on ``device``."""
+    batches = (image if image.dim() == 4 else image[None] for image in images)
+    return [normalize_l(rgb_to_lab(batch.to(device))[:, :1]) for batch in batches]
+
+
+@torch.no_grad()
+def working_chroma(
+    network: ChromaNetwork, lightness: list[torch.Tensor], size: int
+) -> list[torch.Tensor]:
+    """Normalised ab ``[1, 2, h, w]`` in [-1, 1] of each normalised L ``[1, 1, H, W]``, at its
+    working shape ``(h, w)`` (``working_shape``); images sharing one share a forward pass."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, l_full in enumerate(lightness):
         groups.setdefault(working_shape(*l_full.shape[-2:], size, network.input_size), []).append(i)
     chroma: dict[int, torch.Tensor] = {}
     for shape, members in groups.items():
-        small = torch.cat([_resize(lightness[i], shape) for i in members])
+        small = torch.cat([resize_planes(lightness[i], shape) for i in members])
         for i, ab in zip(members, network.predict_ab(small).split(1), strict=True):
             chroma[i] = ab
-    outputs = []
-    for i, l_full in enumerate(lightness):
-        ab_full = _resize(chroma[i], tuple(l_full.shape[-2:]))
-        rgb = merge_lab(l_full, ab_full, keep_lightness=True)[0]
-        outputs.append(rgb.mul(255.0).round_().to(torch.uint8).cpu())
-    return outputs
+    return [chroma[i] for i in range(len(lightness))]
 
 
-def _resize(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize; antialiased, so a photo smaller than the network's working size gets
-    each area's average (enlarging, the usual case for chroma, is unaffected)."""
+def merge_full_resolution(l_full: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """Normalised L ``[B, 1, H, W]`` + normalised ab ``[B, 2, h, w]`` at any size -> uint8 sRGB
+    ``[B, 3, H, W]`` on the CPU: ab resized to the L's size, out-of-gamut colours desaturated
+    so the L is kept."""
+    ab_full = resize_planes(ab, tuple(l_full.shape[-2:]))
+    rgb = merge_lab(l_full, ab_full, keep_lightness=True)
+    return rgb.mul(255.0).round_().to(torch.uint8).cpu()
+
+
+def resize_planes(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[B, C, H, W]`` to ``shape``; antialiased, so a photo smaller than the
+    network's working size gets each area's average (enlarging, the usual case for chroma, is
+    unaffected)."""
     if tuple(planes.shape[-2:]) == shape:
         return planes
     return F.interpolate(planes, size=shape, mode="bilinear", antialias=True)

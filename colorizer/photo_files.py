@@ -1,6 +1,7 @@
 """The files ``colorizer.colorize`` reads and writes: photo discovery, decoding, atomic writes.
 
-Discovery maps each input photo to its output path (sub-folders and names kept); decoding runs
+Discovery maps each input photo or video to its output path (sub-folders and names kept; a
+video keeps its container whatever ``format`` says); photo decoding runs
 in DataLoader workers and turns a bad file into a reason instead of an exception; writing goes
 through a hidden temporary file and ``os.replace``, so a failed write leaves nothing behind.
 """
@@ -32,35 +33,43 @@ FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "tif": ("TIFF", ".ti
 FORMATS |= {"webp": ("WEBP", ".webp")}
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 SUFFIX_FORMATS |= {".webp": "WEBP", ".bmp": "BMP"}
+# Containers colorize reads and writes back (colorizer.video).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
 class Job:
-    """One photo to colorize: where it is read from and written to."""
+    """One photo or video to colorize: where it is read from and written to."""
 
     source: Path
     target: Path
 
+    @property
+    def is_video(self) -> bool:
+        return self.source.suffix.lower() in VIDEO_EXTENSIONS
+
 
 def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
-    """The photos ``pattern`` names (a file, a folder searched recursively, or a glob), each
-    with its output path: ``output`` / its path relative to the folder or the glob's base."""
+    """The photos and videos ``pattern`` names (a file, a folder searched recursively, or a
+    glob), each with its output path: ``output`` / its path relative to the folder or the
+    glob's base."""
     if _GLOB_MAGIC.search(pattern):
         parts = Path(pattern).parts
         first_wildcard = next(i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part))
         base = Path(*parts[:first_wildcard]) if first_wildcard else Path(".")
         matches = (Path(p) for p in glob.glob(pattern, recursive=True))
-        files = sorted(p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in matches if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS)
     elif Path(pattern).is_dir():
-        base, files = Path(pattern), list_image_files(pattern)
+        base, files = Path(pattern), list_image_files(pattern, INPUT_EXTENSIONS)
     elif Path(pattern).is_file():
         base, files = Path(pattern).parent, [Path(pattern)]
     else:
         raise ConfigError(
-            f"input={pattern} does not exist: pass an image file, a folder or a quoted glob "
-            "such as 'scans/**/*.tif'"
+            f"input={pattern} does not exist: pass an image or video file, a folder or a "
+            "quoted glob such as 'scans/**/*.tif'"
         )
     output_dir, input_dir = output.resolve(), base.resolve()
     if output_dir == input_dir:
@@ -72,8 +81,8 @@ def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
         # An output folder inside the input tree: earlier outputs are not inputs.
         files = [f for f in files if not f.resolve().is_relative_to(output_dir)]
     if not files:
-        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise ConfigError(f"input={pattern} holds no image files ({kinds})")
+        kinds = " ".join(sorted(INPUT_EXTENSIONS))
+        raise ConfigError(f"input={pattern} holds no image or video files ({kinds})")
     jobs = [Job(f, output / output_name(f.relative_to(base), fmt)) for f in files]
     sources: dict[Path, Path] = {}
     for job in jobs:
@@ -91,7 +100,10 @@ def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
 
 
 def output_name(relative: Path, fmt: str | None) -> Path:
-    """The output's path: the input's, with the suffix of ``format`` (GIF becomes PNG)."""
+    """The output's path: the input's, with the suffix of ``format`` (GIF becomes PNG); a
+    video keeps its own."""
+    if relative.suffix.lower() in VIDEO_EXTENSIONS:
+        return relative
     if fmt is not None:
         return relative.with_suffix(FORMATS[fmt][1])
     if relative.suffix.lower() in SUFFIX_FORMATS:

@@ -15,6 +15,8 @@ from colorizer.bench.training import SameBatch, plain_step
 from tests.conftest import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
+BRIEF += ["video.frames=3", "video.width=64", "video.height=48", "video.size=32"]
+BRIEF += ["video.repeats=1"]
 TRAINING_KEYS = ("train_images_per_s", "plain_images_per_s", "infer_images_per_s")
 DATA_KEYS = ("data_images_per_s", "data_uncached_images_per_s", "data_workers_images_per_s")
 DATA_KEYS += ("reference_data_images_per_s",)
@@ -26,7 +28,8 @@ def test_cli_writes_bench_json_with_every_measure(main_of, tmp_path):
     assert "warning" not in result.stderr  # Lightning's advice does not fit a timed loop
     report = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert (report["model"], report["data"], report["image_size"]) == ("alpha", "curated", 128)
-    for key in (*TRAINING_KEYS, *DATA_KEYS, "data_speedup", "data_speedup_uncached"):
+    video_keys = ("video_frames_per_s", "video_flow_frames_per_s")
+    for key in (*TRAINING_KEYS, *DATA_KEYS, "data_speedup", "data_speedup_uncached", *video_keys):
         assert report[key] > 0 and math.isfinite(report[key]), key
     assert report["lightning_overhead"] == pytest.approx(  # one pair of runs (repeats=1)
         report["plain_images_per_s"] / report["train_images_per_s"]

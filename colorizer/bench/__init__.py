@@ -15,12 +15,18 @@ Measures, in one process, with warm-up steps excluded and the median of ``repeat
   size and workers; ``data_speedup`` is their ratio. Also: ours from the original files
   (``data_uncached_*``), and the workers alone, without Lab (``data_workers_images_per_s``):
   on a CPU the "device" doing Lab is the same two cores. Needs image files.
+- ``video_frames_per_s`` and ``video_flow_frames_per_s``: ``colorizer.colorize`` on a film
+  (``video.frames`` frames of ``video.width`` x ``video.height``, a camera pan over one of the
+  batch's images): decoding, colorizing at working size ``video.size``, encoding, with
+  ``temporal=none`` and ``temporal=flow``; the median of ``video.repeats`` runs of each,
+  interleaved.
 - on a GPU: the FLOPs of one training step (``torch.utils.flop_counter``), the achieved
   FLOP/s and their fraction of the device's bf16 peak (``peak_tflops``, known GPUs only).
 
 Writes ``bench.json`` to the run directory and prints a table. The measurements live in
 :mod:`~colorizer.bench.training` (training, inference, FLOPs) and
-:mod:`~colorizer.bench.data_path` (the loaders, against :mod:`~colorizer.bench.reference`).
+:mod:`~colorizer.bench.data_path` (the loaders, against :mod:`~colorizer.bench.reference`) and
+:mod:`~colorizer.bench.video` (films).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from colorizer.bench.training import (
     make_model,
     plain_loop_rate,
 )
+from colorizer.bench.video import video_rates
 from colorizer.cli import run_app
 from colorizer.data.base import ImageDataModule
 from colorizer.errors import require_int
@@ -109,6 +116,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "plain_runs_images_per_s": plain_runs,
         "infer_images_per_s": inference_rate(cfg, probe, batch, device, bf16),
         **data_rates(cfg, datamodule, device),
+        **video_rates(cfg, probe, batch, device, bf16),
         **flops(cfg, batch, device, bf16, train_rate),
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "

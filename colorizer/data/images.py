@@ -229,17 +229,19 @@ def _probe(path: Path, *, min_size: int, exclude_grayscale: bool) -> str | None:
     return None
 
 
-def list_image_files(root: str | os.PathLike[str]) -> list[Path]:
+def list_image_files(
+    root: str | os.PathLike[str], extensions: frozenset[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
     """Every image file under ``root``, recursively, sorted; hidden files and folders skipped.
 
-    Extensions (``IMAGE_EXTENSIONS``) match case-insensitively, so ``IMG_0001.JPG`` counts.
+    ``extensions`` match case-insensitively, so ``IMG_0001.JPG`` counts.
     """
     found = []
     for directory, subdirs, files in os.walk(root):
         # Pruning in place stops os.walk from descending into .git, .cache and the like.
         subdirs[:] = [name for name in subdirs if not name.startswith(".")]
         for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and Path(name).suffix.lower() in extensions:
                 found.append(Path(directory) / name)
     return sorted(found)
 

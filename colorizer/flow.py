@@ -1,0 +1,181 @@
+"""Motion between video frames, and the two things built on it: a flow-guided chroma
+stabiliser (``temporal=flow``) and the flicker metric (warping error).
+
+Motion is OpenCV's DIS optical flow computed on CIE L, which colorization never changes, so
+the same motion holds for the input, the truth and every colorization of a clip. A pixel of
+frame t is followed back into frame t - 1 (backward warping); where that fails (occlusions,
+pixels entering the frame, lighting changes) the L warped from t - 1 disagrees with frame t's
+own L, which is how both the stabiliser and the metric tell trusted pixels from the others.
+Shot cuts (a jump in the L histogram, or a frame that the flow can hardly follow) reset the
+stabiliser and are left out of the metric.
+
+Arrays here are NumPy, as OpenCV wants them: L as uint8 ``[H, W]`` (CIE L x 2.55), chroma as
+float32 ``[H, W, 2]`` (a, b; in any unit, the same for all frames).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from colorizer.color import denormalize_l
+
+L_TO_U8 = 2.55
+"""CIE L in [0, 100] -> uint8 levels for the flow (0-255)."""
+
+CUT_HISTOGRAM_DISTANCE = 0.4
+"""A cut when half the L1 distance of two frames' 32-bin L histograms exceeds this (0: the same
+histogram, 1: disjoint). Pans and zooms over one scene stay far below it (< 0.15 in the tests'
+clips); a cut between unrelated shots is usually well above it."""
+
+MIN_TRACKED_FRACTION = 0.25
+"""A cut when fewer of a frame's pixels than this are followed back with confidence > 0.5:
+catches a cut between shots with similar histograms."""
+
+TRUSTED_L_ERROR = 4.0
+"""L units: a pixel is followed back (for the flicker metric and cut detection) when its L and
+the L warped from the previous frame differ by less (ΔL)."""
+
+STABILISER_L_SCALE = 8.0
+"""L units: the stabiliser trusts the warped chroma of a pixel by exp(-(ΔL / 8)^2)."""
+
+STABILISER_WEIGHT = 0.9
+"""How much of the previous output's chroma a fully trusted pixel keeps; the fresh prediction
+gets the rest. An exponential memory of about 1 / (1 - 0.9) = 10 frames along the motion."""
+
+
+def lightness_u8(l_norm: torch.Tensor) -> np.ndarray:
+    """Normalised L ``[1, 1, H, W]`` in [-1, 1] -> uint8 ``[H, W]`` (L x 2.55) for the flow."""
+    lightness = denormalize_l(l_norm.float())[0, 0].mul(L_TO_U8).round_().clamp_(0, 255)
+    return lightness.to(torch.uint8).cpu().numpy()
+
+
+_FLOW = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
+def backward_flow(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """float32 ``[H, W, 2]``: where each pixel (x, y) of ``current`` was in ``previous``, as
+    (dx, dy); both uint8 ``[H, W]``."""
+    return _FLOW.calc(current, previous, None)
+
+
+def warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (float32 ``[H, W]`` or ``[H, W, C]``, of the previous frame) moved onto the
+    current frame by ``backward_flow``; and bool ``[H, W]``: the pixels that came from inside
+    the previous frame (the others enter the picture and have no past)."""
+    height, width = flow.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height))
+    map_x, map_y = grid_x + flow[..., 0], grid_y.astype(np.float32) + flow[..., 1]
+    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+    return warped, inside
+
+
+def histogram_distance(first: np.ndarray, second: np.ndarray, bins: int = 32) -> float:
+    """Half the L1 distance of the normalised L histograms of two uint8 frames, in [0, 1]."""
+    a, b = (np.bincount(frame.ravel() // (256 // bins), minlength=bins) / frame.size
+            for frame in (first, second))  # fmt: skip
+    return float(np.abs(a - b).sum() / 2)
+
+
+class Motion:
+    """The motion from frame t - 1 to frame t (uint8 L ``[H, W]`` each).
+
+    Attributes:
+        flow: ``backward_flow(current, previous)``.
+        l_error: float32 ``[H, W]``: |L - L warped from t - 1| in L units; infinite where the
+            pixel came from outside the previous frame.
+        cut: whether the two frames belong to different shots: their L histograms differ by
+            more than ``CUT_HISTOGRAM_DISTANCE``, or fewer than ``MIN_TRACKED_FRACTION`` of the
+            pixels are followed back within ``TRUSTED_L_ERROR``.
+    """
+
+    def __init__(self, previous: np.ndarray, current: np.ndarray):
+        self.flow = backward_flow(current, previous)
+        warped, inside = warp(previous.astype(np.float32), self.flow)
+        self.l_error = np.abs(current.astype(np.float32) - warped) / L_TO_U8
+        self.l_error[~inside] = np.inf
+        tracked = float((self.l_error < TRUSTED_L_ERROR).mean())
+        jump = histogram_distance(previous, current) > CUT_HISTOGRAM_DISTANCE
+        self.cut = jump or tracked < MIN_TRACKED_FRACTION
+
+    def confidence(self, scale: float) -> np.ndarray:
+        """float32 ``[H, W]`` in [0, 1]: exp(-(l_error / scale)^2), 0 for pixels with no past."""
+        return np.exp(-((self.l_error / scale) ** 2))
+
+    def warp(self, chroma: np.ndarray) -> np.ndarray:
+        """The previous frame's chroma ``[H, W, 2]`` moved onto the current frame."""
+        return warp(chroma, self.flow)[0]
+
+
+class ChromaStabiliser:
+    """Temporal consistency for per-frame predicted chroma, one frame at a time, in order.
+
+    Each frame's output chroma is its prediction pulled towards the previous frame's *output*
+    warped along the motion: ``ab = pred + w * c * (warp(ab_prev) - pred)`` with
+    ``w = STABILISER_WEIGHT`` and c the per-pixel ``Motion.confidence(STABILISER_L_SCALE)``.
+    Occluded and newly visible pixels (c ≈ 0) take the fresh prediction; so does a whole
+    frame after a cut, so colour never crosses from one shot into the next. ``cuts`` lists
+    the frames (0-based) that start a new shot, the first frame excepted.
+    """
+
+    def __init__(self, weight: float = STABILISER_WEIGHT, l_scale: float = STABILISER_L_SCALE):
+        self.weight, self.l_scale = weight, l_scale
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None
+        self.frames = 0
+        self.cuts: list[int] = []
+
+    def __call__(self, l_norm: torch.Tensor, ab_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised L ``[1, 1, h, w]`` and predicted normalised ab ``[1, 2, h, w]`` of the next
+        frame -> its stabilised normalised ab, same shape and device."""
+        lightness = lightness_u8(l_norm)
+        chroma = np.ascontiguousarray(ab_norm[0].float().permute(1, 2, 0).cpu().numpy())
+        if self.previous is not None and self.previous[0].shape == lightness.shape:
+            motion = Motion(self.previous[0], lightness)
+            if motion.cut:
+                self.cuts.append(self.frames)
+            else:
+                pull = (self.weight * motion.confidence(self.l_scale))[..., None]
+                chroma = chroma + pull * (motion.warp(self.previous[1]) - chroma)
+        self.previous = (lightness, chroma)
+        self.frames += 1
+        return torch.from_numpy(chroma).permute(2, 0, 1)[None].to(ab_norm.device)
+
+
+class FlickerMeter:
+    """Warping error of several colorizations of one clip at once, frame by frame.
+
+    For each pair of consecutive frames within a shot: the mean over trusted pixels (from
+    inside the previous frame, ``ΔL < TRUSTED_L_ERROR``) of ``|ab_t - warp(ab_{t-1})|`` (the
+    Euclidean length of the ab difference, in ab units), the flow computed on the clip's own
+    L. ``errors()`` averages over pairs; pairs across cuts are left out (and counted).
+    """
+
+    def __init__(self) -> None:
+        self.previous: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self.totals: dict[str, float] = {}
+        self.pairs = 0
+        self.cuts: list[int] = []
+        self.frames = 0
+
+    def update(self, lightness: np.ndarray, chroma: dict[str, np.ndarray]) -> None:
+        """uint8 L ``[H, W]`` of the next frame and its chroma ``[H, W, 2]`` per colorization."""
+        if self.previous is not None:
+            motion = Motion(self.previous[0], lightness)
+            if motion.cut:
+                self.cuts.append(self.frames)
+            else:
+                trusted = motion.l_error < TRUSTED_L_ERROR
+                for name, ab in chroma.items():
+                    change = np.linalg.norm(ab - motion.warp(self.previous[1][name]), axis=-1)
+                    self.totals[name] = self.totals.get(name, 0.0) + float(
+                        change[trusted].mean() if trusted.any() else 0.0
+                    )
+                self.pairs += 1
+        self.previous = (lightness, chroma)
+        self.frames += 1
+
+    def errors(self) -> dict[str, float]:
+        """Mean warping error per colorization (ab units), over the pairs within shots."""
+        return {name: total / max(self.pairs, 1) for name, total in self.totals.items()}

@@ -1,0 +1,256 @@
+"""Videos for ``colorizer.colorize``: decoding and encoding with PyAV, frames colorized in
+batches, temporal consistency, the audio copied, atomic writes.
+
+A video is read packet by packet: video frames are colorized ``batch_size`` at a time (each
+with its own full-resolution L, as photos are) and encoded at once, and the audio packets
+are copied as they are (no re-encoding) into the output, which has the input's container,
+size, frame timestamps (so frame rate and length) and audio. The output is written to a
+hidden file next to the target and renamed when complete: a video that fails to decode
+halfway, or to encode, leaves nothing behind.
+
+Encoding: H.264 (libx264, ``crf``) in every container but WebM, which takes VP9; 4:2:0
+chroma when the size is even, 4:4:4 otherwise (4:2:0 needs even sizes). The encoder rounds,
+so the output's L is the input's up to the codec's loss (about 1 L unit at ``crf=17``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import torch
+
+from colorizer.flow import ChromaStabiliser
+from colorizer.inference import (
+    ChromaNetwork,
+    full_lightness,
+    merge_full_resolution,
+    resize_planes,
+    working_chroma,
+)
+
+TEMPORAL = ("flow", "none")
+_ENCODERS = {".webm": "libvpx-vp9"}  # WebM holds only VP8/VP9/AV1; elsewhere libx264
+UNREADABLE = "truncated, corrupt or not a video"  # what FFmpeg's demuxers cannot tell apart
+# Frames short of what the header announces before a video counts as truncated.
+_MISSING_FRAMES_ALLOWED = 1.5
+
+
+class VideoError(Exception):
+    """A video that cannot be read; ``reason`` is one short phrase for the summary."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FrameColorizer:
+    """Colorizes one clip's frames in order, a batch at a time, keeping temporal state.
+
+    ``temporal="flow"`` stabilises each frame's chroma against the previous frames
+    (``colorizer.flow.ChromaStabiliser``) at the network's working size, before it is
+    resized to the frame's; ``"none"`` colorizes every frame on its own, like a photo.
+    """
+
+    def __init__(self, network: ChromaNetwork, size: int, temporal: str = "flow"):
+        if temporal not in TEMPORAL:
+            raise ValueError(f"temporal={temporal} is not one of: {', '.join(TEMPORAL)}")
+        self.network, self.size = network, size
+        self.stabiliser = ChromaStabiliser() if temporal == "flow" else None
+
+    @torch.no_grad()
+    def __call__(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        """uint8 sRGB ``[3, H, W]`` frames, the clip's next -> uint8 ``[3, H, W]``, their L kept."""
+        # One clip's frames share a size: Lab and the merge run on the whole batch at once.
+        (lightness,) = full_lightness([torch.stack(frames)], self.network.device)
+        chroma = working_chroma(self.network, list(lightness.split(1)), self.size)
+        if self.stabiliser is not None:
+            shape = tuple(chroma[0].shape[-2:])
+            small = resize_planes(lightness, shape).split(1)
+            chroma = [
+                self.stabiliser(l_small, ab) for l_small, ab in zip(small, chroma, strict=True)
+            ]
+        return list(merge_full_resolution(lightness, torch.cat(chroma)))
+
+    @property
+    def cuts(self) -> list[int]:
+        """Frames that started a new shot (temporal=flow only)."""
+        return self.stabiliser.cuts if self.stabiliser is not None else []
+
+
+@contextmanager
+def open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The container and its first video stream; ``VideoError`` if there is none to decode."""
+    if path.stat().st_size == 0:
+        raise VideoError("empty file")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise VideoError(UNREADABLE) from err
+    with container:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise VideoError("unsupported video codec")
+        yield container, stream
+
+
+def expected_frames(stream: av.VideoStream) -> int | None:
+    """The number of frames the header announces, or estimates from its duration; or None."""
+    if stream.frames:
+        return stream.frames
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif "DURATION" in stream.metadata:  # Matroska keeps it as a tag: 00:00:01.000000000
+        hours, minutes, rest = stream.metadata["DURATION"].split(":")
+        seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    rate = stream.average_rate or stream.guessed_rate
+    return round(seconds * rate) if seconds is not None and rate else None
+
+
+def decode_frames(path: Path) -> list[torch.Tensor]:
+    """Every frame of a (short) video as uint8 sRGB ``[3, H, W]``; ``VideoError`` if unreadable."""
+    with open_video(path) as (container, stream):
+        try:
+            frames = [_rgb(frame) for frame in container.decode(stream)]
+        except av.error.FFmpegError as err:
+            raise VideoError("truncated or corrupt") from err
+        _check_complete(len(frames), expected_frames(stream))
+    return frames
+
+
+def colorize_video(
+    source: Path,
+    target: Path,
+    colorizer: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    batch_size: int = 8,
+    crf: int = 17,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> int:
+    """Colorize ``source`` into ``target`` (same container; written atomically); returns
+    the number of frames. ``progress(done, total)`` after each batch (total may be None).
+
+    Raises ``VideoError`` for an input that cannot be read (nothing is written), and
+    ``av.error.FFmpegError`` or ``OSError`` when the output cannot be written.
+    """
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.partial{target.suffix}")
+    try:
+        with open_video(source) as (container, stream):
+            total = expected_frames(stream)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with av.open(str(partial), "w") as output:
+                encoder = _add_video_stream(output, stream, target.suffix.lower(), crf)
+                copies = {audio: output.add_stream_from_template(audio)
+                          for audio in container.streams.audio}  # fmt: skip
+                done, batch = 0, []
+
+                def flush() -> None:
+                    nonlocal done
+                    for (_, pts), rgb in zip(batch, colorizer([f for f, _ in batch]), strict=True):
+                        frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+                        frame.pts, frame.time_base = pts, stream.time_base
+                        output.mux(encoder.encode(frame))
+                    done += len(batch)
+                    batch.clear()
+                    if progress is not None:
+                        progress(done, total)
+
+                for packet in _demux(container, stream, *copies):
+                    if packet.stream is stream:
+                        for frame in _decode(packet):
+                            batch.append((_rgb(frame), frame.pts))
+                            if len(batch) == batch_size:
+                                flush()
+                    elif packet.dts is not None:  # the demuxer's empty end-of-stream packets
+                        packet.stream = copies[packet.stream]
+                        output.mux(packet)
+                if batch:
+                    flush()
+                _check_complete(done, total)
+                output.mux(encoder.encode(None))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return done
+
+
+def _add_video_stream(
+    output: av.container.OutputContainer, source: av.VideoStream, suffix: str, crf: int
+) -> av.VideoStream:
+    """An encoder for ``source``'s frames: its size, and its time base, so the input's
+    timestamps (frame rate, variable or not, and length) carry over unchanged."""
+    rate = source.average_rate or source.guessed_rate or Fraction(25)
+    codec = _ENCODERS.get(suffix, "libx264")
+    options = {"crf": str(crf)} | ({"b": "0"} if codec == "libvpx-vp9" else {})
+    encoder = output.add_stream(codec, rate=rate, options=options)
+    encoder.width, encoder.height = source.codec_context.width, source.codec_context.height
+    encoder.pix_fmt = _pixel_format(encoder.width, encoder.height)
+    if source.time_base is not None:
+        encoder.time_base = encoder.codec_context.time_base = source.time_base
+    return encoder
+
+
+def _pixel_format(width: int, height: int) -> str:
+    """4:2:0 chroma, what players expect, needs even sizes; 4:4:4 keeps odd ones."""
+    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+
+
+def _demux(container: av.container.InputContainer, *streams: av.stream.Stream) -> Iterator:
+    try:
+        yield from container.demux(*streams)
+    except av.error.FFmpegError as err:
+        raise VideoError("truncated or corrupt") from err
+
+
+def _decode(packet: av.Packet) -> list[av.VideoFrame]:
+    try:
+        return packet.decode()
+    except av.error.FFmpegError as err:
+        raise VideoError("truncated or corrupt") from err
+
+
+def _rgb(frame: av.VideoFrame) -> torch.Tensor:
+    """A decoded frame as uint8 sRGB ``[3, H, W]``."""
+    return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+
+
+def _check_complete(decoded: int, expected: int | None) -> None:
+    """A file that ends before the frames its header announces is truncated."""
+    if decoded == 0 or (expected is not None and decoded < expected - _MISSING_FRAMES_ALLOWED):
+        raise VideoError("truncated or corrupt")
+
+
+def write_video(
+    path: Path, frames: list[torch.Tensor], rate: int = 12, crf: int = 17,
+    audio: tuple[torch.Tensor, int] | None = None,
+) -> None:  # fmt: skip
+    """Encode uint8 sRGB ``[3, H, W]`` frames at ``rate`` frames/s into ``path`` (container by
+    its suffix, encoded as ``colorize_video`` encodes), with ``audio``: (float samples
+    ``[channels, n]`` in [-1, 1], sample rate), encoded as AAC (Opus in WebM), if given."""
+    with av.open(str(path), "w") as output:
+        height, width = frames[0].shape[1:]
+        encoder = output.add_stream(_ENCODERS.get(path.suffix.lower(), "libx264"), rate=rate)
+        encoder.options = {"crf": str(crf)}
+        encoder.width, encoder.height = width, height
+        encoder.pix_fmt = _pixel_format(width, height)
+        if audio is not None:  # every stream before the first packet
+            samples, sample_rate = audio
+            codec = "libopus" if path.suffix.lower() == ".webm" else "aac"
+            layout = "mono" if samples.shape[0] == 1 else "stereo"
+            sound = output.add_stream(codec, rate=sample_rate, layout=layout)
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+            output.mux(encoder.encode(frame))
+        output.mux(encoder.encode(None))
+        if audio is not None:
+            chunk = av.AudioFrame.from_ndarray(samples.float().numpy(), "fltp", layout)
+            chunk.sample_rate = sample_rate
+            output.mux(sound.encode(chunk))
+            output.mux(sound.encode(None))

@@ -1,0 +1,206 @@
+"""Videos: colorize keeps size, rate, length, audio and L; flow stabilisation halves flicker
+without costing PSNR and stops at cuts; bad videos fail one line each, leaving nothing."""
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from PIL import Image
+from skimage import data
+from skimage.color import rgb2lab
+
+from colorizer.cli import CONFIG_DIR
+from colorizer.colorize import colorize
+from colorizer.errors import ConfigError
+from colorizer.evaluate import evaluate
+from colorizer.flow import FlickerMeter, lightness_u8
+from colorizer.inference import full_lightness, open_network
+from colorizer.run import train
+from colorizer.video import FrameColorizer, decode_frames, write_video
+from colorizer.video_eval import camera_move, chroma_of
+from tests.conftest import QUICK
+
+SHAPE = (96, 128)  # frames of 128 x 96 px
+SHOT = 8  # frames per shot; the cut is at frame 8
+RATE = 12
+SIZE = ["size=64"]  # working size: small, so the tests stay fast
+# alpha trained long enough (150 steps, ~10 s) to colour shapes and textures: its predictions
+# on real photographs are colourful and, blocky at its 8-pixel stride, flicker under a pan.
+FLICKERY = ["model=alpha", "model.optimizer=adam", "model.lr=3e-3", *QUICK, "data.image_size=32"]
+FLICKERY += ["trainer.max_steps=150", "trainer.val_check_interval=150", "data.num_val=16"]
+FLICKERY += ["data.num_test=16"]
+
+
+def photo(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+@pytest.fixture(scope="module")
+def two_shots() -> list[torch.Tensor]:
+    """16 frames of two shots over real photographs: a diagonal pan over the astronaut, a cut,
+    then a zooming pan over a cup of coffee."""
+    first = camera_move(photo(data.astronaut()), SHOT, SHAPE, pan=(1.7, 0.6))
+    second = camera_move(photo(data.coffee()), SHOT, SHAPE, pan=(-1.0, 0.3), zoom=1.03)
+    return first + second
+
+
+@pytest.fixture(scope="module")
+def flickery_alpha(tmp_path_factory) -> Path:
+    """The best checkpoint of a small alpha that colours, trained by colorizer.run."""
+    run = tmp_path_factory.mktemp("flickery-alpha")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", FLICKERY, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return Path(train(cfg)["best_checkpoint"])
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def beep(seconds: float, rate: int = 16000) -> tuple[torch.Tensor, int]:
+    """A mono 440 Hz tone: float ``[1, n]`` samples and the sample rate."""
+    time = torch.arange(int(seconds * rate)) / rate
+    return (0.3 * torch.sin(2 * torch.pi * 440 * time))[None], rate
+
+
+def lightness(frames: list[torch.Tensor]) -> np.ndarray:
+    """CIE L of uint8 frames by scikit-image (not colorizer's kornia): ``[N, H, W]``."""
+    return np.stack([rgb2lab(f.permute(1, 2, 0).numpy() / 255.0)[..., 0] for f in frames])
+
+
+def write_bad_videos(folder: Path, good: Path) -> dict[str, str]:
+    """Broken inputs next to a good film; returns name -> the reason colorize must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    intact = good.read_bytes()
+    (folder / "truncated.mp4").write_bytes(intact[: len(intact) // 2])  # its index is at the end
+    (folder / "random.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    with av.open(str(folder / "sound_only.mp4"), "w") as output:
+        stream = output.add_stream("aac", rate=16000, layout="mono")
+        chunk = av.AudioFrame.from_ndarray(beep(0.5)[0].numpy(), "fltp", "mono")
+        chunk.sample_rate = 16000
+        output.mux(stream.encode(chunk))
+        output.mux(stream.encode(None))
+    # A codec FFmpeg has no decoder for: an MJPEG AVI whose FourCC is renamed.
+    mjpeg = folder / "unknown_codec.avi"
+    with av.open(str(mjpeg), "w") as output:
+        stream = output.add_stream("mjpeg", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+    mjpeg.write_bytes(mjpeg.read_bytes().replace(b"MJPG", b"QQQQ"))
+    return {
+        "truncated.mp4": "truncated, corrupt or not a video",
+        "random.mp4": "truncated, corrupt or not a video",
+        "sound_only.mp4": "no video stream",
+        "unknown_codec.avi": "unsupported video codec",
+    }
+
+
+def test_films_in_a_folder_keep_size_rate_length_audio_and_luminance(
+    main_of, tmp_path, checkpoint_of, two_shots
+):
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    film = inputs / "film.mp4"
+    write_video(film, two_shots[:SHOT], rate=RATE, audio=beep(1.0))
+    write_video(inputs / "odd_size.mkv", [f[:, :45, :63] for f in two_shots[:3]], rate=25)
+    Image.fromarray(two_shots[0].permute(1, 2, 0).numpy()).save(inputs / "still.png")
+    bad = write_bad_videos(inputs / "broken", film)
+    args = [f"ckpt_path={checkpoint_of('alpha')}", f"input={inputs}", f"output={out}"]
+    result = main_of("colorizer.colorize", *args, *SIZE, "batch_size=5", "hydra.run.dir=run")
+
+    assert result.returncode == 1, result.stderr  # some inputs failed
+    assert "Traceback" not in result.stderr
+    for name, reason in bad.items():  # one line each
+        assert f"failed: {inputs / 'broken' / name}: {reason}\n" in result.stderr
+    assert "colorized 3 of 7, skipped 0, failed 4 (" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["videos"], summary["frames"]) == (6, SHOT + 3)
+    # Nothing for the failures, no hidden partial files.
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert written == ["film.mp4", "odd_size.mkv", "still.png"]
+
+    with av.open(str(film)) as before, av.open(str(out / "film.mp4")) as after:
+        video_in, video_out = before.streams.video[0], after.streams.video[0]
+        for attribute in ("width", "height", "average_rate", "frames", "duration"):
+            assert getattr(video_out, attribute) == getattr(video_in, attribute), attribute
+        (audio_in,), (audio_out,) = before.streams.audio, after.streams.audio
+        assert (audio_out.codec_context.name, audio_out.rate) == ("aac", 16000)
+        assert audio_out.frames == audio_in.frames and audio_out.duration == audio_in.duration
+        packets_in = [bytes(p) for p in before.demux(audio_in) if p.size]
+        packets_out = [bytes(p) for p in after.demux(audio_out) if p.size]
+        assert packets_out == packets_in  # copied, not re-encoded
+    frames_in, frames_out = decode_frames(film), decode_frames(out / "film.mp4")
+    assert len(frames_out) == len(frames_in) == SHOT
+    # L is the input's up to the encoder: H.264 at crf 17 quantises, and 4:2:0 stores chroma
+    # at half resolution, which moves L at colour edges. Measured: mean 0.6, 99th percentile
+    # 2.5 L units on these frames; an L taken from anywhere else is off by tens.
+    error = np.abs(lightness(frames_out) - lightness(frames_in))
+    assert error.mean() < 1.0 and np.percentile(error, 99) < 4.0
+    colour = np.hypot(*np.moveaxis(rgb2lab(frames_out[4].permute(1, 2, 0).numpy())[..., 1:], -1, 0))
+    assert colour.mean() > 2.0  # it is colorized, not gray
+    odd = decode_frames(out / "odd_size.mkv")
+    assert len(odd) == 3 and odd[0].shape == (3, 45, 63)  # odd sizes kept (4:4:4)
+
+
+@pytest.mark.slow
+def test_flow_halves_flicker_keeps_psnr_and_stops_at_the_cut(
+    make_cfg, tmp_path, flickery_alpha, two_shots
+):
+    clip = tmp_path / "videos" / "two_shots.mp4"
+    clip.parent.mkdir()
+    write_video(clip, two_shots, rate=RATE)
+    cfg = make_cfg(f"ckpt_path={flickery_alpha}", f"videos={clip.parent}",
+                   "video_size=64", "batch_size=8", config_name="evaluate")  # fmt: skip
+    summary = evaluate(cfg)
+    assert summary["cuts"] == {str(clip): [SHOT]}  # the cut, and no pan or zoom step
+    assert (summary["num_frames"], summary["num_frame_pairs"]) == (16, 14)
+    per_frame, flow = summary["video/warping_error"], summary["video/flow_warping_error"]
+    assert flow <= 0.5 * per_frame, (flow, per_frame)
+    assert summary["video/flow_psnr"] >= summary["video/psnr"] - 0.3
+    assert summary["video/gray_warping_error"] < 0.1 < summary["video/truth_warping_error"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| model, temporal=flow |" in report and "| gray baseline |" in report
+
+    # No colour crosses the cut: the first frame of the second shot is its own prediction.
+    network = open_network(flickery_alpha)
+    stabilised = FrameColorizer(network, 64, "flow")
+    flow_frames = stabilised(two_shots[:SHOT]) + stabilised(two_shots[SHOT:])
+    fresh = FrameColorizer(network, 64, "none")(two_shots)
+    assert stabilised.cuts == [SHOT]
+    assert torch.equal(flow_frames[SHOT], fresh[SHOT])
+    assert not torch.equal(flow_frames[SHOT + 1], fresh[SHOT + 1])  # then stabilised again
+
+
+def test_warping_error_measures_flicker_and_not_motion(two_shots):
+    """The true clip moves but does not flicker; the same clip with its chroma jumping by
+    ±4 a-units from frame to frame flickers by about 8."""
+    meter = FlickerMeter()
+    for i, (frame, l_full) in enumerate(
+        zip(two_shots, full_lightness(two_shots, torch.device("cpu")), strict=True)
+    ):
+        truth = chroma_of(frame)
+        jumpy = truth + np.array([4.0 if i % 2 else -4.0, 0.0], np.float32)
+        meter.update(lightness_u8(l_full), {"truth": truth, "jumpy": jumpy})
+    errors = meter.errors()
+    assert meter.cuts == [SHOT] and meter.pairs == 2 * SHOT - 2
+    assert errors["truth"] < 3.0
+    assert errors["jumpy"] > errors["truth"] + 6.0
+
+
+def test_bad_video_options_are_refused(make_cfg, tmp_path, checkpoint_of):
+    common = [f"ckpt_path={checkpoint_of('alpha')}", f"input={tmp_path}", "output=out"]
+    with pytest.raises(ConfigError, match="temporal=smooth is not one of: flow, none"):
+        colorize(make_cfg(*common, "temporal=smooth", config_name="colorize"))
+    with pytest.raises(ConfigError, match="crf=-1 must be an integer >= 0"):
+        colorize(make_cfg(*common, "crf=-1", config_name="colorize"))
