@@ -30,12 +30,18 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from colorizer.cli import image_progress, resolve_device
 from colorizer.color import rgb_to_lab
+from colorizer.console import image_progress
 from colorizer.data.images import list_image_files
 from colorizer.errors import ConfigError, DataError, require_int
 from colorizer.flow import FlickerMeter, lightness_u8
-from colorizer.inference import full_lightness, merge_full_resolution, open_network, resize_planes
+from colorizer.inference import (
+    full_lightness,
+    merge_full_resolution,
+    open_network,
+    resize_planes,
+    resolve_device,
+)
 from colorizer.metrics import psnr_per_image
 from colorizer.photo_files import VIDEO_EXTENSIONS
 from colorizer.video import FrameColorizer, VideoError, decode_frames
