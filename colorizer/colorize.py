@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from colorizer.cli import run_app
 from colorizer.console import image_progress
-from colorizer.error_lines import one_line
+from colorizer.error_lines import is_out_of_memory, one_line
 from colorizer.errors import ConfigError, require_int
 from colorizer.inference import (
     PRECISIONS,
@@ -229,9 +229,9 @@ def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str |
 
 
 def _describe_failure(err: BaseException) -> str:
-    if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+    if is_out_of_memory(err) or "out of memory" in str(err).lower():
         return "out of memory (lower batch_size or size, or use device=cpu)"
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return f"{type(err).__name__}: {one_line(err)[:200]}"
 
 
 def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:

@@ -259,7 +259,12 @@ class ImagesPerSecond(progress.ProgressColumn):
     """A progress bar column: throughput in images/s (or the task's ``unit`` field: frames)."""
 
     def render(self, task: progress.Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} {task.fields.get('unit', 'images')}/s")
+        # Rich's speed needs two updates; a task finished in one shows its mean rate instead.
+        speed = task.speed
+        if speed is None and task.completed and task.elapsed:
+            speed = task.completed / task.elapsed
+        rate = "-" if speed is None else f"{speed:.1f}"
+        return Text(f"{rate} {task.fields.get('unit', 'images')}/s")
 
 
 def image_progress(console: Console) -> progress.Progress:

@@ -1,5 +1,6 @@
 """A walk through the mistakes a user can make: each ends in one line naming the fix, exit 2."""
 
+import io
 import re
 
 import pytest
@@ -66,3 +67,31 @@ def test_require_int_names_the_key_and_what_it_needs(value):
     ):
         require_int("data.batch_size", value, error=DataError)
     assert require_int("num_workers", 0, least=0) == 0
+
+
+def test_a_photo_that_runs_the_cpu_out_of_memory_is_named_so() -> None:
+    from colorizer.colorize import _describe_failure
+
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+        "can't allocate memory: you tried to allocate 1 bytes.\nsecond line"
+    )
+    assert _describe_failure(cpu).startswith("out of memory")
+    other = RuntimeError("shape mismatch\nin conv2d")
+    assert _describe_failure(other) == "RuntimeError: shape mismatch in conv2d"
+
+
+def test_the_rate_column_shows_no_rate_before_one_and_the_mean_after_one_update() -> None:
+    from rich.console import Console
+
+    from colorizer.console import ImagesPerSecond, image_progress
+
+    bar = image_progress(Console(file=io.StringIO()))
+    task = bar.add_task("colorizing", total=4, unit="frames")
+    column = ImagesPerSecond()
+    assert column.render(bar.tasks[task]).plain == "- frames/s"
+    bar.start_task(task)
+    bar.tasks[task].start_time -= 2.0  # two seconds on the task's clock, then all 4 at once
+    bar.update(task, completed=4)
+    rate = float(column.render(bar.tasks[task]).plain.split()[0])
+    assert 1.5 < rate <= 2.0
