@@ -187,13 +187,24 @@ def _add_video_stream(
     """An encoder for ``source``'s frames: its size, and its time base, so the input's
     timestamps (frame rate, variable or not, and length) carry over unchanged."""
     rate = source.average_rate or source.guessed_rate or Fraction(25)
+    size = source.codec_context.width, source.codec_context.height
+    encoder = _new_encoder(output, suffix, rate, size, crf)
+    if source.time_base is not None:
+        encoder.time_base = encoder.codec_context.time_base = source.time_base
+    return encoder
+
+
+def _new_encoder(
+    output: av.container.OutputContainer, suffix: str, rate: Fraction | int,
+    size: tuple[int, int], crf: int,
+) -> av.VideoStream:  # fmt: skip
+    """A video stream of ``size`` (width, height) at constant quality ``crf``: VP9 in WebM
+    (``b=0`` makes its crf a constant quality, not a bitrate cap), H.264 elsewhere."""
     codec = _ENCODERS.get(suffix, "libx264")
     options = {"crf": str(crf)} | ({"b": "0"} if codec == "libvpx-vp9" else {})
     encoder = output.add_stream(codec, rate=rate, options=options)
-    encoder.width, encoder.height = source.codec_context.width, source.codec_context.height
-    encoder.pix_fmt = _pixel_format(encoder.width, encoder.height)
-    if source.time_base is not None:
-        encoder.time_base = encoder.codec_context.time_base = source.time_base
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = _pixel_format(*size)
     return encoder
 
 
@@ -236,10 +247,7 @@ def write_video(
     ``[channels, n]`` in [-1, 1], sample rate), encoded as AAC (Opus in WebM), if given."""
     with av.open(str(path), "w") as output:
         height, width = frames[0].shape[1:]
-        encoder = output.add_stream(_ENCODERS.get(path.suffix.lower(), "libx264"), rate=rate)
-        encoder.options = {"crf": str(crf)}
-        encoder.width, encoder.height = width, height
-        encoder.pix_fmt = _pixel_format(width, height)
+        encoder = _new_encoder(output, path.suffix.lower(), rate, (width, height), crf)
         if audio is not None:  # every stream before the first packet
             samples, sample_rate = audio
             codec = "libopus" if path.suffix.lower() == ".webm" else "aac"
