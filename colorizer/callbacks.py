@@ -120,50 +120,6 @@ class TrainingThroughput(L.Callback):
         return time.perf_counter()
 
 
-class LastCheckpoint(L.Callback):
-    """``last.ckpt``: the whole training state, rewritten after every validation within fit and
-    every ``every_n_train_steps`` optimizer steps, so a killed run loses at most that many.
-
-    One file, replaced in place (the best checkpoint, kept by ``ModelCheckpoint``, holds only
-    weights): Lightning's own ``save_last`` rewrites it only when a new best was saved, so
-    its "last" could be an older state. Model, optimizers, loops and callbacks' states (the
-    random generators) are in it; ``ckpt_path=last`` resumes from it.
-    """
-
-    def __init__(
-        self, dirpath: str, every_n_train_steps: int = 100, filename: str = "last"
-    ) -> None:
-        require_int("callbacks.last.every_n_train_steps", every_n_train_steps)
-        self.path = Path(dirpath) / f"{filename}.ckpt"
-        self.every_n_train_steps = every_n_train_steps
-        self._saved_at = -1
-        self._interval_index = 0
-
-    @property
-    def last_model_path(self) -> str:
-        return str(self.path) if self.path.is_file() else ""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._interval_index = trainer.global_step // self.every_n_train_steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Crossing a multiple counts, not hitting it: the GAN's steps advance by two.
-        index = trainer.global_step // self.every_n_train_steps
-        if index > self._interval_index:
-            self._interval_index = index
-            self._save(trainer)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._save(trainer)
-
-    def _save(self, trainer: L.Trainer) -> None:
-        # Every process takes part (the random states are gathered); rank 0 writes.
-        if self._saved_at != trainer.global_step:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_at = trainer.global_step
-
-
 class ValidateTheEnd(L.Callback):
     """Validates (and so checkpoints) the last state of every run, not just the last interval.
 

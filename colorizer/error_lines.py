@@ -13,9 +13,15 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from colorizer.errors import ConfigError, DataError
+from colorizer.errors import CheckpointWriteError, ConfigError, DataError
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, OmegaConfBaseException)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    FileNotFoundError,
+    CheckpointWriteError,
+    OmegaConfBaseException,
+)
 
 
 def one_line(err: BaseException) -> str:

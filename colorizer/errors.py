@@ -19,5 +19,10 @@ def require_int(
     return value
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); the file it was to
+    replace is unchanged, and the message names both."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss or the weights became NaN or infinite; training stopped (exit status 1)."""

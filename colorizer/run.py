@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from colorizer.callbacks import LastCheckpoint, TrainingThroughput
+from colorizer.callbacks import TrainingThroughput
+from colorizer.checkpoints import BackgroundCheckpointIO, LastCheckpoint
 from colorizer.cli import run_app
 from colorizer.errors import ConfigError
 from colorizer.registry import DATA_SOURCES, MODELS
@@ -45,14 +50,23 @@ def _instantiate_all(section: DictConfig | None) -> list[Any]:
 def _strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
     """DDP for the GAN must look for unused parameters: its D step does not use G's.
 
+    Checkpoints are written in the background (``BackgroundCheckpointIO``), so that saving
+    never holds training up, unless ``trainer.plugins`` gives a CheckpointIO of its own.
     Under SLURM, requeueing belongs to submitit (``hydra/launcher=slurm``): Lightning's own
     SIGUSR1 auto-requeue is switched off so that one job is never requeued twice.
     """
     options: dict[str, Any] = {}
     if cfg.trainer.get("strategy") == "ddp" and not model.automatic_optimization:
         options["strategy"] = "ddp_find_unused_parameters_true"
-    if SLURMEnvironment.detect() and not cfg.trainer.get("plugins"):
-        options["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    # Passed as one list, which replaces trainer.plugins: those the config gives come first.
+    given = cfg.trainer.get("plugins") or []
+    given = instantiate(given, _convert_="all") if OmegaConf.is_config(given) else given
+    plugins = list(given) if isinstance(given, list | tuple) else [given]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(BackgroundCheckpointIO())
+    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    options["plugins"] = plugins
     return options
 
 
@@ -131,6 +145,16 @@ def _fit_and_test(
     checkpoint_path = resume_from(cfg.get("ckpt_path"), run_dir, model)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path)
+    except SIGTERMException:
+        # Lightning stops at the end of the step in flight (callbacks.last saved it) and
+        # exits with status 0, which a scheduler would take for a finished job.
+        if trainer.is_global_zero:
+            log.warning(
+                "stopped by SIGTERM at step %d, saved in %s/checkpoints/last.ckpt: add "
+                "hydra.run.dir=%s ckpt_path=last to continue",
+                trainer.global_step, run_dir, run_dir,
+            )  # fmt: skip
+        raise SystemExit(128 + signal.SIGTERM) from None
     except RuntimeError as err:
         if "Error(s) in loading state_dict" not in str(err):
             raise

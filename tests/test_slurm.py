@@ -23,10 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 class PreemptOnce(Callback):
     """Sends this process submitit's pre-emption signal after ``step`` steps, in a run that
-    did not resume (so the requeued run goes on to the end)."""
+    did not resume (so the requeued run goes on to the end); the run that resumes writes the
+    step it resumed at to ``resumed_step`` in its run directory."""
 
     def __init__(self, step: int) -> None:
         self.step = step
+
+    def on_train_start(self, trainer, *args) -> None:
+        if trainer.ckpt_path is not None:
+            (Path(trainer.default_root_dir) / "resumed_step").write_text(str(trainer.global_step))
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step and trainer.ckpt_path is None:
@@ -86,7 +91,7 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
             "colorizer.run", "--multirun", "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=30",
             *SMALL_MODELS["alpha"], *QUICK, "trainer.max_steps=12",
-            "trainer.val_check_interval=12", "callbacks.last.every_n_train_steps=4",
+            "trainer.val_check_interval=12",
             "+callbacks.preempt._target_=tests.test_slurm.PreemptOnce",
             "+callbacks.preempt.step=6", "seed=1",
     )  # fmt: skip
@@ -98,7 +103,11 @@ def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_pa
     log = (run / "run.log").read_text()  # both tries of the job, submitit's lines too
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, log
     assert "Requeued job" in log
-    assert f"Resuming from {run.resolve()}/checkpoints/last.ckpt" in log
+    last = run.resolve() / "checkpoints" / "last.ckpt"
+    # Saved at the signal, once step 6 was done (no interval save: the run is too short for one).
+    assert f"the job is being stopped: saved {last} at step 6" in log
+    assert f"Resuming from {last}" in log
+    assert (run / "resumed_step").read_text() == "6"
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["global_step"] == 12  # the whole run, not 12 more steps after a restart
 
