@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -73,25 +74,38 @@ def triplet_grid(triplets: torch.Tensor) -> torch.Tensor:
 
 
 class TrainingThroughput(L.Callback):
-    """Measures steady-state training images/s, data loading included, validation excluded.
+    """Measures steady-state training images/s, data loading included, validation excluded,
+    and the share of that time the loop waited for data; says once if it is large.
 
     Time is taken over segments of consecutive training batches: a segment opens at a batch
     end once ``warmup_batches`` are behind (allocator, worker start-up, autotuning) and closes
     when validation starts or training ends. The device is synchronised only at those
-    boundaries, never per step. The result is ``images_per_s`` (None if nothing was timed).
+    boundaries, never per step. The results are ``images_per_s`` and
+    ``data_wait_fraction`` (None if nothing was timed). When the loop spent more than
+    ``warn_data_wait`` of a segment waiting for batches (the training stream's own clock,
+    :class:`~colorizer.data.stream.TrainingBatches`), one warning says what to change.
     """
 
-    def __init__(self, warmup_batches: int = 5) -> None:
+    def __init__(self, warmup_batches: int = 5, warn_data_wait: float = 0.25) -> None:
         self.warmup_batches = warmup_batches
+        self.warn_data_wait = warn_data_wait
         self._batches_seen = 0
         self._segment_start: float | None = None
+        self._segment_wait = 0.0
         self._segment_images = 0
         self._images = 0
         self._seconds = 0.0
+        self._waited = 0.0
+        self._warned = False
 
     @property
     def images_per_s(self) -> float | None:
         return self._images / self._seconds if self._seconds > 0 else None
+
+    @property
+    def data_wait_fraction(self) -> float | None:
+        """Share of the timed training time spent waiting for the next batch."""
+        return self._waited / self._seconds if self._seconds > 0 else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._batches_seen += 1
@@ -99,18 +113,25 @@ class TrainingThroughput(L.Callback):
             self._segment_images += batch.shape[0]
         elif self._batches_seen >= self.warmup_batches:
             self._segment_start = self._now(pl_module)
+            self._segment_wait = _data_wait(trainer)
             self._segment_images = 0
 
     def on_validation_start(self, trainer, pl_module):
-        self._close_segment(pl_module)
+        self._close_segment(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._close_segment(pl_module)
+        self._close_segment(trainer, pl_module)
 
-    def _close_segment(self, pl_module) -> None:
+    def _close_segment(self, trainer, pl_module) -> None:
         if self._segment_start is not None and self._segment_images > 0:
-            self._seconds += self._now(pl_module) - self._segment_start
+            seconds = self._now(pl_module) - self._segment_start
+            waited = _data_wait(trainer) - self._segment_wait
+            self._seconds += seconds
             self._images += self._segment_images
+            self._waited += waited
+            if not self._warned and waited > self.warn_data_wait * seconds:
+                self._warned = True
+                log.warning("%s", data_wait_advice(waited / seconds, trainer.datamodule))
         self._segment_start = None
 
     @staticmethod
@@ -118,6 +139,25 @@ class TrainingThroughput(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # kernels still queued belong to this segment
         return time.perf_counter()
+
+
+def _data_wait(trainer: L.Trainer) -> float:
+    """Seconds the training loop has waited for batches so far (0 for loaders that do not
+    keep this clock)."""
+    return getattr(trainer.train_dataloader, "wait_s", 0.0)
+
+
+def data_wait_advice(fraction: float, datamodule: Any) -> str:
+    """One line: how much of training went to waiting for data, and what to change."""
+    workers = getattr(datamodule, "num_workers", None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    advice = [f"raise data.num_workers (now {workers}; this machine has {cores} cores)"]
+    if getattr(datamodule, "resized_cache", "") is None:
+        advice.append("set data.resized_cache=DIR (copies at training size decode faster)")
+    return (
+        f"training waited for data {fraction:.0%} of the time (decoding and cropping images "
+        f"could not keep up with the model): {' or '.join(advice)}"
+    )
 
 
 class ValidateTheEnd(L.Callback):

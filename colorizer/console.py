@@ -27,7 +27,7 @@ EXPECTED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
     # A resumed run writes into its own checkpoint folder.
     r"Checkpoint directory .* exists and is not empty",
-    # The training sampler resumes mid-epoch by itself (colorizer.data.base.EpochShuffle).
+    # The training stream resumes mid-epoch by itself (colorizer.data.stream).
     r"You're resuming from a checkpoint that ended before the epoch ended",
     # Scoring under DDP: colorizer.run says when a split is uneven (run.warn_if_uneven).
     r"Using `DistributedSampler` with the dataloaders. During `trainer.(validate|test)\(\)`",
@@ -136,6 +136,9 @@ class TrainingProgress(ProgressBar):
 
     def _steps(self, trainer: L.Trainer) -> tuple[int, float | None, str]:
         """(done, total, unit): optimizer steps, or batches of an epoch-based run."""
+        final_batch = getattr(trainer.datamodule, "final_batch", None)  # the training stream's
+        if final_batch is not None:
+            return trainer.datamodule.batches_trained, final_batch, "batches"
         if trainer.max_steps is not None and trainer.max_steps > 0:
             return trainer.global_step, trainer.max_steps, "steps"
         done = trainer.fit_loop.total_batch_idx + 1
@@ -177,7 +180,8 @@ class TrainingProgress(ProgressBar):
 
     @staticmethod
     def _describe(done: int, total: float | None, unit: str) -> str:
-        return f"{unit[:-1]} {done}/{total}" if total else f"{unit[:-1]} {done}"
+        name = unit.removesuffix("es") if unit.endswith("ches") else unit.removesuffix("s")
+        return f"{name} {done}/{total}" if total else f"{name} {done}"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._bar is None or self._train is None:

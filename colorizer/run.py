@@ -187,6 +187,7 @@ def _fit_and_test(
         "data": DATA_SOURCES.name_or_fail(datamodule),
         "global_step": global_step,
         "train_images_per_s": throughput.images_per_s if throughput else None,
+        "train_data_wait_fraction": throughput.data_wait_fraction if throughput else None,
         "best_checkpoint": best,
         "run_dir": str(run_dir.resolve()),
         **{key: float(value) for key, value in {**val_metrics, **test_metrics}.items()},

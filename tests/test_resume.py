@@ -45,6 +45,26 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path)
         torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_a_run_extended_by_an_epoch_ends_bit_identical_to_one_run_straight(make_cfg, tmp_path):
+    """Counted in epochs but validated on the step schedule (every 100 steps): the first run's
+    end is validated because it is the end (ValidateTheEnd), which Lightning's own schedule
+    does not know about. Extending it must neither replay nor add a batch, and validating,
+    testing and sample grids must not draw on training's randomness: the weights of the
+    extended run and of the straight run are equal to the bit."""
+    steps = [
+        name for name in EPOCHS if not any(w in name for w in ("val_check", "check_val", "sanity"))
+    ]
+    args = [*steps, "seed=3"]  # validated every 100 steps, sanity check included
+    straight = train(make_cfg(*args, "trainer.max_epochs=2"))
+    (tmp_path / "run").rename(tmp_path / "straight")
+    train(make_cfg(*args, "trainer.max_epochs=1"))
+    extended = train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert extended["global_step"] == straight["global_step"] == 8  # 2 epochs of 4 batches
+    weights_of = {run: final_weights(tmp_path / run) for run in ("straight", "run")}
+    for name, weights in weights_of["straight"].items():
+        assert torch.equal(weights_of["run"][name], weights), name
+
+
 @pytest.mark.parametrize(
     "checkpoint",
     ["steps", "validation"],  # last.ckpt saved after a training batch; after a validation
@@ -52,23 +72,24 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path)
 def test_run_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
     make_cfg, tmp_path, checkpoint
 ):
-    """3 batches an epoch; stopped after step 4 (epoch 2, batch 1): the resumed run must train
-    on batches 2 and 3 of epoch 2, as the uninterrupted run does, not on batches 1 and 2."""
+    """4 batches an epoch (7 images, 2 a batch); stopped after step 5 (epoch 2, batch 1): the
+    resumed run must train on batches 2 to 4 of epoch 2, as the uninterrupted run does, not
+    on batches 1 to 3."""
     whole = train(make_cfg(*EPOCHS, "trainer.max_epochs=2"))
-    assert whole["global_step"] == 6
+    assert whole["global_step"] == 8
     whole_weights = final_weights(tmp_path / "run")
     (tmp_path / "run").rename(tmp_path / "whole")
 
-    # Saved every 4 steps; or at the validation of the end of the run (and not every 4 steps).
-    every = 4 if checkpoint == "steps" else 1000
-    stop = ["trainer.max_steps=4", f"callbacks.last.every_n_train_steps={every}"]
+    # Saved every 5 steps; or at the validation of the end of the run (and not every 5 steps).
+    every = 5 if checkpoint == "steps" else 1000
+    stop = ["trainer.max_steps=5", f"callbacks.last.every_n_train_steps={every}"]
     if checkpoint == "steps":
         stop.append("callbacks.validate_the_end=null")
     train(make_cfg(*EPOCHS, "trainer.max_epochs=2", *stop))
     saved = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(saved, weights_only=True)["global_step"] == 4
+    assert torch.load(saved, weights_only=True)["global_step"] == 5
     resumed = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", f"ckpt_path={saved}"))
-    assert resumed["global_step"] == 6
+    assert resumed["global_step"] == 8
     for name, weights in final_weights(tmp_path / "run").items():
         torch.testing.assert_close(weights, whole_weights[name], rtol=1e-6, atol=1e-7, msg=name)
     for key in ("val/psnr", "test/psnr"):
@@ -112,14 +133,18 @@ def test_requeued_job_prefers_its_own_checkpoint_to_the_one_it_started_from(tmp_
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+def test_killed_run_resumes_from_its_last_checkpoint(make_cfg, tmp_path):
+    """Killed mid-interval by SIGKILL (nothing saved at the kill), resumed from the newest
+    periodic checkpoint: it repeats the steps after it and ends with the weights, to the bit,
+    of a run that was never killed."""
     run = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "colorizer.run", "model=alpha", "data=synthetic",
-        "data.num_train=4096", "data.batch_size=4", "data.image_size=32", "logger=none",
-        "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
-        "callbacks.last.every_n_train_steps=5", f"hydra.run.dir={run}",
+    overrides = [
+        "model=alpha", "data=synthetic", "data.num_train=4096", "data.batch_size=4",
+        "data.image_size=32", "logger=none", "trainer.accelerator=cpu",
+        "trainer.deterministic=true", "trainer.val_check_interval=1000",
+        "callbacks.last.every_n_train_steps=5",
     ]  # fmt: skip
+    args = [sys.executable, "-m", "colorizer.run", *overrides, f"hydra.run.dir={run}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     periodic = run / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([*args, "trainer.max_steps=100000"], env=env,
@@ -149,3 +174,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     )
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["global_step"] == killed_at + 20
+    run.rename(tmp_path / "killed")
+    straight = train(make_cfg(*overrides, target))  # in tmp_path / "run"
+    assert straight["global_step"] == killed_at + 20
+    weights = [final_weights(tmp_path / folder) for folder in ("killed", "run")]
+    for name, value in weights[1].items():
+        assert torch.equal(weights[0][name], value), name

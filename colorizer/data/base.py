@@ -10,18 +10,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torch.utils.data import DataLoader, Dataset
+from torchcodec.decoders import decode_jpeg
 from torchvision.transforms import v2
 
 from colorizer.data.augment import DeviceAugmentation
+from colorizer.data.cache import reduce_to_area
 from colorizer.data.images import SkippedImage, load_rgb
+from colorizer.data.stream import (
+    ShuffledStream,
+    TrainingBatches,
+    batches_per_epoch,
+    derived_seed,
+    epochs_to_batches,
+)
 from colorizer.errors import DataError, require_int
 
 log = logging.getLogger(__name__)
@@ -90,50 +98,6 @@ def _rank(seed: int, name: str) -> bytes:
     return hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
 
 
-def derived_seed(*parts: object) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (e.g. seed, epoch, index)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-class EpochShuffle(DistributedSampler):
-    """Training order as a pure function of ``(seed, epoch)``, sharded over the processes of a
-    distributed run, resumable mid-epoch; yields ``(epoch, index)`` keys.
-
-    Lightning calls ``set_epoch`` at every epoch start, so a run resumed at epoch k sees the
-    same order as one that never stopped, and the dataset can draw each sample's random crop
-    from ``(seed, epoch, index)``: the same whatever the number of workers or restarts.
-
-    Under DDP process ``rank`` takes every ``num_replicas``-th key of the epoch's order, padded
-    by repeating the first keys so that all processes get ``len(self)`` (as PyTorch's
-    DistributedSampler does; being one, Lightning does not wrap it in another). ``skip`` drops
-    the first keys of this process's share of the next epoch iterated, once: the batches a
-    run resumed mid-epoch has already trained on.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        seed: int,
-        epoch: int = 0,
-        *,
-        num_replicas: int = 1,
-        rank: int = 0,
-        skip: int = 0,
-    ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        length = len(self.dataset)  # type: ignore[arg-type]
-        generator = torch.Generator().manual_seed(derived_seed("order", self.seed, self.epoch))
-        order = torch.randperm(length, generator=generator).tolist()
-        order = (order * math.ceil(self.total_size / length))[: self.total_size]
-        share = order[self.rank : self.total_size : self.num_replicas]
-        skip, self.skip = self.skip, 0
-        return ((self.epoch, index) for index in share[skip:])
-
-
 def _same_setting(first: Any, second: Any) -> bool:
     """Equal, or paths naming the same file or folder."""
     if isinstance(first, str) and isinstance(second, str):
@@ -142,12 +106,24 @@ def _same_setting(first: Any, second: Any) -> bool:
 
 
 def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
-    """``(epoch, index)`` of a dataset key: an index, or the ``(epoch, index)`` of EpochShuffle."""
+    """``(epoch, index)`` of a dataset key: an index, or the ``(epoch, index)`` of the training
+    stream (:class:`~colorizer.data.stream.ShuffledStream`)."""
     return (None, key) if isinstance(key, int) else (key[0], key[1])
 
 
 class ImageFileDataset(Dataset[torch.Tensor]):
     """Image files decoded with :func:`load_rgb`, then cropped; items are uint8 ``[3, S, S]``.
+
+    A training set (``reduce_to=(side, min_side)``) first reduces each decoded image to
+    ``side``² pixels, its shorter side at least ``min_side`` (the area rule of the resized
+    cache, :func:`~colorizer.data.cache.reduce_to_area`), then draws its random crop from that:
+    enough for every crop the training transform can take, and small. An evaluation set's
+    items are deterministic (resize and centre crop).
+
+    Up to ``memory_bytes`` of those reduced sources (training) or finished items (evaluation)
+    are kept in memory, per process (each DataLoader worker has its own): a folder of a few
+    hundred photos is decoded once per worker, not once per epoch, so small folders train as
+    fast per image as from a resized cache, or faster. Cached or not, an item is the same.
 
     A file that passed the set-up scan but fails now (deleted, rewritten) is logged once and
     replaced by the next loadable index, so one bad file cannot kill a long run.
@@ -160,16 +136,22 @@ class ImageFileDataset(Dataset[torch.Tensor]):
         *,
         min_size: int = 16,
         decode_size: int | None = None,
+        reduce_to: tuple[int, int] | None = None,
         cache_folder: Path | None = None,
         seed: int | None = None,
+        memory_bytes: int = 0,
     ) -> None:
         self.paths = list(paths)
         self.seed = seed
         self.transform = transform
         self.min_size = min_size
         self.decode_size = decode_size
+        self.reduce_to = reduce_to
         self.cache_folder = cache_folder
-        self._failed: set[int] = set()  # per worker process; only used to warn once
+        self.memory_bytes = memory_bytes
+        self._kept: dict[int, torch.Tensor] = {}  # per process, like everything below
+        self._kept_bytes = 0
+        self._failed: set[int] = set()  # only used to warn once
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -190,21 +172,36 @@ class ImageFileDataset(Dataset[torch.Tensor]):
             candidate = (index + offset) % len(self.paths)
             if candidate in self._failed:
                 continue
+            kept = self._kept.get(candidate)
+            if kept is not None:
+                return kept if self.reduce_to is None else self.transform(kept)
             try:
                 image = self._decode(self.paths[candidate])
             except (SkippedImage, OSError) as error:
                 self._failed.add(candidate)
                 log.warning("%s (passed the scan, fails now); using another image", error)
                 continue
+            if self.reduce_to is None:  # evaluation: the finished item is what is kept
+                image = self.transform(image)
+                self._keep(candidate, image)
+                return image
+            image = reduce_to_area(image, *self.reduce_to)
+            self._keep(candidate, image)
             return self.transform(image)
         raise DataError(f"none of the {len(self.paths)} images could be loaded any more")
+
+    def _keep(self, index: int, image: torch.Tensor) -> None:
+        size = image.numel() * image.element_size()
+        if self._kept_bytes + size <= self.memory_bytes:
+            self._kept[index] = image
+            self._kept_bytes += size
 
     def _decode(self, path: Path) -> torch.Tensor:
         if self.cache_folder is not None and path.parent == self.cache_folder:
             # Our own resized copies: upright RGB JPEGs, which libjpeg-turbo through
-            # torchvision decodes ~2x faster than PIL with load_rgb's checks.
+            # TorchCodec decodes ~1.3x faster than PIL with load_rgb's checks.
             try:
-                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+                return decode_jpeg(path, mode="RGB")
             except RuntimeError:
                 pass  # e.g. a copy damaged on disk: the careful path says what is wrong
         return load_rgb(path, min_size=self.min_size, decode_size=self.decode_size)
@@ -217,12 +214,18 @@ class ImageDataModule(L.LightningDataModule):
         image_size: side S of the square crops, in pixels.
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0 decodes in the main process).
-        seed: seeds the split, the training order of each epoch and each image's random
-            crop in each epoch (``EpochShuffle``): the same whatever the number of workers,
-            and after a resume. The device augmentation uses the global torch RNG, which
-            ``lightning.seed_everything`` seeds and checkpoints carry (``RandomStates``).
+        seed: seeds the split, the training order of each pass and each image's random
+            crop in each pass (:mod:`colorizer.data.stream`): the same whatever the number of
+            workers, and after a resume. The device augmentation uses the global torch RNG,
+            which ``lightning.seed_everything`` seeds and checkpoints carry (``RandomStates``).
         augment: keyword arguments of :class:`DeviceAugmentation` (``hflip``, ``degrees``,
             ``zoom``, ``shear``) for training batches; None: no augmentation beyond the crop.
+
+    Training reads an endless stream (:class:`~colorizer.data.stream.ShuffledStream`). The
+    datamodule counts the batches that reach training (``batches_trained``, saved in
+    checkpoints), which is where a resumed run's stream starts and what the data epoch
+    (``epoch``) is counted from; an epoch-based run (``trainer.max_epochs``) stops at its
+    last batch here.
     """
 
     # Constructor arguments that name the images read (a folder, a URL list), and those that
@@ -256,6 +259,9 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset[torch.Tensor] | None = None
         self.val_set: Dataset[torch.Tensor] | None = None
         self.test_set: Dataset[torch.Tensor] | None = None
+        self.batches_trained = 0
+        self.batches_per_epoch = 1
+        self.final_batch: int | None = None  # epoch-based runs stop after this batch
 
     def split_differences(self, trained: Mapping[str, Any]) -> dict[str, Any] | None:
         """How a training run's datamodule (its saved hyper-parameters) split the same images
@@ -283,69 +289,79 @@ class ImageDataModule(L.LightningDataModule):
             [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
         )
 
+    @property
+    def epoch(self) -> int:
+        """The epoch (``batches_per_epoch`` batches each, from 0) of the latest batch to enter
+        training: during a training step, the epoch of the batch being trained."""
+        return max(self.batches_trained - 1, 0) // self.batches_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_trained": self.batches_trained}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_trained = int(state_dict["batches_trained"])
+
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
-        """Augment training batches on the device they were moved to; others pass through."""
-        if self.trainer is not None and self.trainer.training and self.augmentation.active:
+        """Count training batches and augment them on the device they were moved to; other
+        batches pass through.
+
+        Called once per batch as it enters a training step, so the count is what a checkpoint
+        taken after that step has trained on (the loader's own position is further on: its
+        workers prefetch). At an epoch-based run's last batch it asks Lightning to stop after
+        it, which also has Lightning validate that batch's result.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        self.batches_trained += 1
+        if self.final_batch is not None and self.batches_trained >= self.final_batch:
+            trainer.should_stop = True
+        if self.augmentation.active:
             self.augmentation.to(batch.device)
             return self.augmentation(batch)
         return batch
 
-    def train_dataloader(self) -> DataLoader[torch.Tensor]:
-        return self._loader(self.train_set, "train")
+    def train_dataloader(self) -> TrainingBatches:
+        """This process's endless training stream, from the batch training (re)starts at.
+
+        Lightning restores ``batches_trained`` from a checkpoint before it asks for this, so a
+        resumed run goes on with exactly the batches the uninterrupted run trained on next.
+        """
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for the train dataloader")
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        size = len(self.train_set)  # type: ignore[arg-type]
+        self.batches_per_epoch = batches_per_epoch(size, self.batch_size, replicas)
+        if trainer is not None:
+            self.final_batch = epochs_to_batches(trainer, self.batches_per_epoch)
+        stream = ShuffledStream(
+            self.train_set, self.batch_size, self.seed,
+            num_replicas=replicas, rank=rank, start_batch=self.batches_trained,
+        )  # fmt: skip
+        # The stream makes whole batches in the workers (batch_size=None: no collation).
+        return TrainingBatches(self._loader(stream, batch_size=None, persistent=False))
 
     def val_dataloader(self) -> DataLoader[torch.Tensor]:
-        return self._loader(self.val_set, "val")
+        return self._evaluation_loader(self.val_set, "val")
 
     def test_dataloader(self) -> DataLoader[torch.Tensor]:
-        return self._loader(self.test_set, "test")
+        return self._evaluation_loader(self.test_set, "test")
 
-    def _train_sampler(self, dataset: Dataset[torch.Tensor]) -> EpochShuffle:
-        """This process's share of the training order, from where training (re)starts.
-
-        Lightning restores its loop counters before it asks for the loader, but would replay a
-        resumed epoch from its first batch: the sampler skips the batches already trained.
-        The first iterator (whose workers start filling at once, before Lightning calls
-        ``set_epoch``) must also begin at the restored epoch, not at 0.
-        """
-        trainer = self.trainer
-        ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {}
-        sampler = EpochShuffle(dataset, self.seed, **ranks)
-        if trainer is None:
-            return sampler
-        fit_loop = trainer.fit_loop
-        sampler.set_epoch(int(fit_loop.epoch_progress.current.processed))
-        if fit_loop.is_resuming:
-            trained = int(fit_loop.epoch_loop.batch_progress.current.processed)
-            if trained >= self._batches_per_epoch(len(sampler)):  # saved after its last batch
-                sampler.set_epoch(sampler.epoch + 1)
-            else:
-                sampler.skip = trained * self.batch_size
-        return sampler
-
-    def _batches_per_epoch(self, samples: int) -> int:
-        """Training batches per epoch for ``samples`` per process, as Lightning counts them."""
-        drop_last = samples > self.batch_size
-        batches = samples // self.batch_size if drop_last else math.ceil(samples / self.batch_size)
-        limit = self.trainer.limit_train_batches if self.trainer else 1.0
-        return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-
-    def _loader(self, dataset: Dataset[torch.Tensor] | None, split: str) -> DataLoader:
+    def _evaluation_loader(self, dataset: Dataset[torch.Tensor] | None, split: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} dataloader")
-        train = split == "train"
-        sampler = self._train_sampler(dataset) if train else None
+        return self._loader(dataset, batch_size=self.batch_size, persistent=self.num_workers > 0)
+
+    def _loader(self, dataset: Dataset[torch.Tensor], batch_size: int | None, persistent: bool):
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
+            batch_size=batch_size,
             # Each new iterator draws its workers' base seed from this generator: a fixed one
-            # makes them reproducible, and keeps validation (the sanity check of a resumed
-            # run too) from drawing on the global generator that augmentation draws from.
+            # makes them reproducible, and keeps loaders (validation's, the training stream
+            # of a resumed run) from drawing on the global generator that augmentation uses.
             generator=torch.Generator().manual_seed(self.seed),
-            # Dropping the ragged last batch keeps batch statistics steady, but must never
-            # drop a whole epoch of a tiny dataset (or of a process's share of one).
-            drop_last=train and len(sampler) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent,
         )

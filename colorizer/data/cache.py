@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
@@ -46,6 +47,15 @@ def copy_size(height: int, width: int, side: int, min_side: int) -> tuple[int, i
     side at least ``min_side``, never enlarged."""
     scale = min(1.0, max(side / math.sqrt(height * width), min_side / min(height, width)))
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def reduce_to_area(image: torch.Tensor, side: int, min_side: int) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` reduced to :func:`copy_size` (antialiased), or as it is if no
+    larger."""
+    size = copy_size(image.shape[1], image.shape[2], side, min_side)
+    if size == tuple(image.shape[1:]):
+        return image
+    return TF.resize(image, list(size), antialias=True)
 
 
 def resized_copies(
@@ -87,9 +97,7 @@ def _make_copy(source: Path, target: Path, side: int, min_side: int) -> bool:
     except (SkippedImage, OSError) as error:
         log.warning("not cached (%s): the original will be read", error)
         return False
-    size = copy_size(image.shape[1], image.shape[2], side, min_side)
-    if size != tuple(image.shape[1:]):
-        image = TF.resize(image, list(size), antialias=True)
+    image = reduce_to_area(image, side, min_side)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         pixels = Image.fromarray(image.permute(1, 2, 0).numpy())

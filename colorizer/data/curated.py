@@ -84,6 +84,7 @@ class CuratedDataModule(ImageDataModule):
         exclude_grayscale: bool = True,
         augment: Mapping[str, Any] | None = None,
         resized_cache: str | None = None,
+        memory_cache_mb: float = 1024,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
@@ -94,31 +95,39 @@ class CuratedDataModule(ImageDataModule):
         self.min_size = min_size
         self.exclude_grayscale = exclude_grayscale
         self.resized_cache = resized_cache
+        if isinstance(memory_cache_mb, bool) or not (
+            isinstance(memory_cache_mb, int | float) and memory_cache_mb >= 0
+        ):
+            raise DataError(f"data.memory_cache_mb={memory_cache_mb!r} must be a number >= 0")
+        self.memory_cache_mb = memory_cache_mb
         self.splits: dict[str, list[Path]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.find_splits()
         splits, folder = dict(self.splits), None
+        # Training crops (scale >= 0.35 of the area) need a source of side² pixels, no more.
+        side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
         if self.resized_cache is not None:
-            side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
             splits["train"] = resized_copies(
                 splits["train"], self.resized_cache, side, min_side=self.image_size
             )
             folder = cache_folder(self.resized_cache, side, min_side=self.image_size)
-        # Training crops need a source ~2x the crop (scale >= 0.35): decode JPEGs no larger.
-        datasets = {
-            split: ImageFileDataset(
-                paths,
+        # Each loader process keeps its share of the memory budget.
+        memory = int(self.memory_cache_mb * 2**20) // max(1, self.num_workers)
+        self.train_set, self.val_set, self.test_set = (
+            ImageFileDataset(
+                splits[split],
                 self.train_transform() if split == "train" else self.eval_transform(),
                 min_size=self.min_size,
-                decode_size=self.image_size * (2 if split == "train" else 1),
+                decode_size=side if split == "train" else self.image_size,
+                reduce_to=(side, self.image_size) if split == "train" else None,
                 cache_folder=folder if split == "train" else None,
                 seed=self.seed,
+                memory_bytes=memory,
             )
-            for split, paths in splits.items()
-        }
-        self.train_set, self.val_set, self.test_set = (datasets[s] for s in SPLITS)
+            for split in SPLITS
+        )
 
     def find_splits(self) -> dict[str, list[Path]]:
         """The image files of each split, ``{"train": [...], "val": [...], "test": [...]}``.

@@ -167,6 +167,17 @@ class ColorizationModule(L.LightningModule):
         self.track_finite({"train/loss": loss})
         return loss
 
+    @property
+    def data_epoch(self) -> int:
+        """The epoch of the batch being trained, counted from 0.
+
+        Training reads an endless stream (``colorizer.data.stream``), so Lightning's own
+        ``current_epoch`` stays 0; the datamodule counts the passes. Without one (a loader
+        passed to ``fit`` directly) Lightning's count is the only one there is.
+        """
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        return getattr(datamodule, "epoch", self.current_epoch)
+
     def track_finite(self, losses: dict[str, torch.Tensor]) -> None:
         """Remember the first step at which each loss was NaN or infinite, on the device.
 

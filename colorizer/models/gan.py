@@ -105,7 +105,7 @@ class GANColorizer(ColorizationModule):
     @property
     def adversarial(self) -> bool:
         """False during the L1-only pre-training epochs."""
-        return self.current_epoch >= self.hparams.pretrain_epochs
+        return self.data_epoch >= self.hparams.pretrain_epochs
 
     def _patch_loss(self, l_norm: torch.Tensor, ab_norm: torch.Tensor, real: bool) -> torch.Tensor:
         logits = self.discriminator(torch.cat([l_norm, ab_norm.to(l_norm.dtype)], dim=1)).float()

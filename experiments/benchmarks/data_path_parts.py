@@ -3,7 +3,7 @@
 On a folder of photos (default: the embedded ones), at 256² with the resized cache:
 - ``lab_ms``: uint8 batch -> Lab (``colorizer.color.rgb_to_lab``) per image, one thread;
   ``kornia_lab_ms`` the same through kornia's float formula, for comparison;
-- ``decode_ms``: one cached copy decoded by the workers' decoder, per image;
+- ``decode_ms``: one cached copy decoded by the workers' decoder (TorchCodec), per image;
 - ``item_ms``: a training item (decode, seeded random crop), per image, one thread;
 - ``loader_images_per_s_main_threads_{1,2}``: 2 workers decoding, Lab batched in the main
   process with 1 or 2 threads (the whole path, as ``colorizer.bench`` measures it).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import kornia.color
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchcodec.decoders import decode_jpeg
 
 from colorizer.color import rgb_to_lab
 from colorizer.data.curated import CuratedDataModule
@@ -58,31 +58,30 @@ def loader_rate(module: CuratedDataModule, threads: int) -> float:
 
 def main(photos: str | None, out: str | None) -> None:
     with tempfile.TemporaryDirectory() as cache:
+        # Decoding is measured: no decoded image kept in memory (memory_cache_mb=0).
         module = CuratedDataModule(
-            photos, image_size=SIZE, batch_size=BATCH, num_workers=2, resized_cache=cache
-        )
+            photos, image_size=SIZE, batch_size=BATCH, num_workers=2, resized_cache=cache,
+            memory_cache_mb=0,
+        )  # fmt: skip
         module.setup("fit")
         dataset = module.train_set
         copies = dataset.paths
-        needed = (LOADER_BATCHES + 10) * BATCH
-        dataset.paths = copies * (needed // len(copies) + 1)
         torch.set_num_threads(1)
-        batch = torch.stack([dataset[(0, i)] for i in range(BATCH)])
-        data = [read_file(str(path)) for path in copies]
+        batch = torch.stack([dataset[(0, i % len(copies))] for i in range(BATCH)])
+        data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in copies]
         result = {
             "photos": photos or "embedded",
             "copies": len(copies),
             "copy_pixels_median": statistics.median(
-                decode_jpeg(d, mode=ImageReadMode.RGB)[0].numel() for d in data
+                decode_jpeg(d, mode="RGB")[0].numel() for d in data
             ),
             "lab_ms": per_call_ms(lambda: rgb_to_lab(batch), 20) / BATCH,
             "kornia_lab_ms": per_call_ms(lambda: kornia.color.rgb_to_lab(batch.float() / 255), 20)
             / BATCH,  # fmt: skip
-            "decode_ms": per_call_ms(
-                lambda: [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data], 5
-            )
+            "decode_ms": per_call_ms(lambda: [decode_jpeg(d, mode="RGB") for d in data], 5)
             / len(data),  # fmt: skip
-            "item_ms": per_call_ms(lambda: [dataset[(1, i)] for i in range(BATCH)], 5) / BATCH,
+            "item_ms": per_call_ms(lambda: [dataset[(1, i % len(copies))] for i in range(BATCH)], 5)
+            / BATCH,  # fmt: skip
             "loader_images_per_s_main_threads_1": loader_rate(module, 1),
             "loader_images_per_s_main_threads_2": loader_rate(module, 2),
             "torch": torch.__version__,
