@@ -16,21 +16,34 @@ from tests.conftest import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
 BRIEF += ["video.frames=3", "video.width=64", "video.height=48", "video.size=32"]
-BRIEF += ["video.repeats=1"]
+BRIEF += ["video.repeats=1", "end_to_end.steps=0"]
+# A real run, long enough for one timed training batch after the throughput's warm-up.
+END_TO_END = ["end_to_end.steps=3", "callbacks.throughput.warmup_batches=1", "logger=none"]
 TRAINING_KEYS = ("train_images_per_s", "plain_images_per_s", "infer_images_per_s")
 DATA_KEYS = ("data_images_per_s", "data_uncached_images_per_s", "data_workers_images_per_s")
 DATA_KEYS += ("reference_data_images_per_s",)
 
 
 def test_cli_writes_bench_json_with_every_measure(main_of, tmp_path):
-    result = main_of("colorizer.bench", *BRIEF, "hydra.run.dir=run")
+    result = main_of("colorizer.bench", *BRIEF, *END_TO_END, "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning" not in result.stderr  # Lightning's advice does not fit a timed loop
     report = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert (report["model"], report["data"], report["image_size"]) == ("alpha", "curated", 128)
     video_keys = ("video_frames_per_s", "video_flow_frames_per_s")
-    for key in (*TRAINING_KEYS, *DATA_KEYS, "data_speedup", "data_speedup_uncached", *video_keys):
+    run_keys = ("end_to_end_images_per_s", "run_efficiency")
+    for key in (*TRAINING_KEYS, *DATA_KEYS, "data_speedup", "data_speedup_uncached", *video_keys,
+                *run_keys):  # fmt: skip
         assert report[key] > 0 and math.isfinite(report[key]), key
+    # The headline is a real run's: its run directory holds what colorizer.run writes.
+    run = tmp_path / "run" / "run0"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert report["end_to_end_images_per_s"] == summary["train_images_per_s"]
+    assert report["run_efficiency"] == pytest.approx(
+        report["end_to_end_images_per_s"] / report["train_images_per_s"]
+    )
+    assert summary["global_step"] == 3 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "samples").glob("*.png"))
     assert report["lightning_overhead"] == pytest.approx(  # one pair of runs (repeats=1)
         report["plain_images_per_s"] / report["train_images_per_s"]
     )
@@ -40,7 +53,8 @@ def test_cli_writes_bench_json_with_every_measure(main_of, tmp_path):
     assert (tmp_path / "run" / "resized_cache").is_dir()  # ours reads a resized copy
     # Lab in the main process uses the cores the 2 workers leave (at least 1 thread).
     assert report["data_main_threads"] == max(1, len(os.sched_getaffinity(0)) - 2)
-    assert "lightning_overhead" in result.stdout and "data_speedup" in result.stdout
+    for measure in ("lightning_overhead", "data_speedup", "run_efficiency"):
+        assert measure in result.stdout, measure
 
 
 def test_gan_benchmark_runs_both_steps_without_image_files(make_cfg):

@@ -2,6 +2,11 @@
 
 Measures, in one process, with warm-up steps excluded and the median of ``repeats`` runs:
 
+- ``end_to_end_images_per_s``, the headline: a real ``colorizer.run`` training run on the same
+  settings (files read by the data source, every callback, checkpoints, the logger), its own
+  steady-state images/s; ``run_efficiency`` = end to end / the step alone (below), and the
+  share of the run spent waiting for data (:mod:`~colorizer.bench.end_to_end`). The rows
+  below time one piece each: they say where the time goes, not how fast a run is.
 - ``train_images_per_s``: the LightningModule's training step run by a Lightning Trainer
   (both the D and the G step for the GAN), on one real batch of the data reused every step,
   so the data path is not part of it; ``plain_images_per_s``: the same math
@@ -47,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from colorizer.bench.data_path import data_rates
+from colorizer.bench.end_to_end import end_to_end_rates
 from colorizer.bench.timing import device_name, median_ratio
 from colorizer.bench.training import (
     bench_trainer,
@@ -65,8 +71,9 @@ from colorizer.registry import DATA_SOURCES, MODELS
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run every measurement of ``cfg``; returns what bench.json holds."""
-    for key in ("warmup", "steps", "repeats", "data_batches"):
+    for key in ("warmup", "steps", "repeats"):
         require_int(key, cfg[key])
+    require_int("data_batches", cfg.data_batches, least=0)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -118,6 +125,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         **data_rates(cfg, datamodule, device),
         **video_rates(cfg, probe, batch, device, bf16),
         **flops(cfg, batch, device, bf16, train_rate),
+        **end_to_end_rates(cfg, train_rate),
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"threads",
