@@ -268,7 +268,10 @@ class ImageDataModule(L.LightningDataModule):
         differently: ``{setting: its value}`` where it differs from this one's; None when
         ``trained`` read other images (another kind of data, or another source)."""
         ours = dict(self.hparams)
-        if set(trained) != set(ours):
+        # A setting added since the checkpoint was made (e.g. memory_cache_mb) is absent from
+        # it; one that decides the images or the split must be there.
+        missing = set(ours) - set(trained)
+        if set(trained) - set(ours) or missing & {*self.source_settings, *self.split_settings}:
             return None
         if any(not _same_setting(trained[key], ours[key]) for key in self.source_settings):
             return None

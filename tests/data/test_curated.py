@@ -194,3 +194,15 @@ def test_augmentation_is_reproducible_with_worker_processes(flat_root: Path) -> 
         assert batch.dtype == torch.uint8 and batch.shape[1:] == (3, 20, 20)
     assert first[0].shape[0] == 5
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_reads_the_same_images(flat_root: Path):
+    """Evaluation reuses a training run's split when it read the same images; a checkpoint
+    written before a setting that has nothing to do with the split existed (here
+    memory_cache_mb) still counts as the same images, another source or kind does not."""
+    module = CuratedDataModule(str(flat_root), seed=7)
+    trained = {k: v for k, v in module.hparams.items() if k != "memory_cache_mb"}
+    assert module.split_differences({**trained, "seed": 3}) == {"seed": 3}
+    assert module.split_differences({**trained, "root": "/elsewhere"}) is None
+    assert module.split_differences({k: v for k, v in trained.items() if k != "seed"}) is None
+    assert module.split_differences({**trained, "num_train": 10}) is None
