@@ -4,6 +4,7 @@ stopped (SIGTERM, submitit's pre-emption signal) as well as on a wall-clock inte
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from colorizer.errors import CheckpointWriteError, ConfigError, require_int
 log = logging.getLogger(__name__)
 
 # How due a save is at a batch boundary; under DDP the processes agree on the highest.
-_NOT_DUE, _INTERVAL, _URGENT = 0, 1, 2
+_NOT_DUE, _INTERVAL, _SIGTERM, _PREEMPTION = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,21 @@ class LastCheckpoint(Checkpoint):
 
     Saved every ``every_n_minutes`` of wall-clock time (a cost that does not grow with the
     model's speed) and/or every ``every_n_train_steps`` optimizer steps (deterministic save
-    points), after every validation within fit, at the end of training, at SIGTERM and, in a
-    job started by submitit, at its pre-emption/time-out signal, which submitit would
-    otherwise act on in the middle of a step: here it only marks the run, the state is saved
-    at the next batch boundary and only then is submitit's handler (requeue, exit) called.
-    Saves made because the job is stopping wait for the file to be on disk; the others are
-    written in the background (``BackgroundCheckpointIO``). One file, replaced in place
-    (``ModelCheckpoint`` keeps the best, weights only: its ``save_last`` rewrites "last" only
-    with a new best). A ``Checkpoint`` so that Lightning runs it after the other callbacks
-    of a hook, at the state they leave. ``ckpt_path=last`` resumes from it.
+    points), after every validation within fit, and at the end of training; written in the
+    background (``BackgroundCheckpointIO``). One file, replaced in place (``ModelCheckpoint``
+    keeps the best, weights only: its ``save_last`` rewrites "last" only with a new best).
+
+    Stop signals, SIGTERM and, in a job started by submitit, its pre-emption/time-out signal,
+    are only noted when they arrive (Lightning would abort a validation under way, submitit
+    would exit in the middle of a step). At the next batch boundary the processes agree to
+    stop, the state is saved and waited for, a validation due after that batch runs first
+    and is saved too (a checkpoint taken between a batch and its validation would skip that
+    validation on resume), and only then does the run stop: submitit's handler requeues the
+    job, and training ends with Lightning's ``SIGTERMException`` (``colorizer.run`` exits
+    143). With gradient accumulation, saves wait for the end of the accumulation window
+    (the gradients summed so far are in no checkpoint). A ``Checkpoint`` so that Lightning
+    runs it after the other callbacks of a hook, at the state they leave. ``ckpt_path=last``
+    resumes from it.
     """
 
     def __init__(
@@ -213,8 +220,9 @@ class LastCheckpoint(Checkpoint):
         self._interval_index = 0
         self._last_save = time.monotonic()
         self._checkpoint_io: Any = None
-        self._submitit_handler: tuple[int, Any] | None = None
-        self._preempted = False
+        self._handlers: dict[int, Any] = {}  # signal -> the handler it had before ours
+        self._requested = _NOT_DUE  # the stop a signal asked for (_SIGTERM or _PREEMPTION)
+        self._stopping = _NOT_DUE  # the stop all processes agreed on, acted on next boundary
 
     @property
     def last_model_path(self) -> str:
@@ -229,32 +237,47 @@ class LastCheckpoint(Checkpoint):
         self._last_save = time.monotonic()
         if self.every_n_train_steps is not None:
             self._interval_index = trainer.global_step // self.every_n_train_steps
-        self._catch_preemption()
+        self._catch_signals()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        due = self._due(trainer)
+        due = self._due(trainer, mid_window=_accumulating(trainer, batch_idx))
         if trainer.world_size > 1:
             due = _highest_over_processes(trainer, due)
         if due != _NOT_DUE:
-            self._save(trainer, stopping=due == _URGENT)
-        if self._preempted:
-            self._hand_over(self._submitit_handler)
+            self._stopping = due if due >= _SIGTERM else _NOT_DUE
+            self._save(trainer, stopping=bool(self._stopping))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._stopping:  # saved at the last boundary, its validation (if any) included
+            self._stop(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._saved_at = -1  # the state after this validation is a new one to save
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._save(trainer)
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        batch_idx = trainer.fit_loop.epoch_loop.batch_idx
+        if _accumulating(trainer, batch_idx) and not self._stopping:
+            return  # inside an accumulation window: the next boundary saves
+        self._save(trainer, stopping=bool(self._stopping))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer, stopping=self._preempted)
-        submitit = self._release_preemption()  # from here on submitit acts on its signal at once
-        if self._preempted:
-            self._hand_over(submitit)
+        stop = self._requested
+        if trainer.world_size > 1:
+            stop = _highest_over_processes(trainer, stop)
+        self._save(trainer, stopping=bool(stop))
+        if stop:  # the job was told to stop: it does not go on to score the checkpoints
+            self._stopping = stop
+            self._stop(trainer)
+        self._release_signals()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._release_preemption()
-        if self._preempted:  # a failing run is not requeued: it would fail again
-            self._preempted = False
+        self._release_signals()
+        if self._requested == _PREEMPTION and not isinstance(exception, SIGTERMException):
             log.warning("the pre-emption signal came as training stopped on an error")
+        self._requested = self._stopping = _NOT_DUE
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         if trainer.sanity_checking:
@@ -265,21 +288,23 @@ class LastCheckpoint(Checkpoint):
             log.error("the job is being stopped, but %s was not saved: %s", self.path, error)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._release_preemption()
+        self._release_signals()
 
-    def _due(self, trainer: L.Trainer) -> int:
-        due = _NOT_DUE
+    def _due(self, trainer: L.Trainer, mid_window: bool = False) -> int:
+        if trainer.received_sigterm:
+            return _SIGTERM  # Lightning's own handler saw it: it stops after this batch
+        if mid_window:
+            return _NOT_DUE  # what is due is saved at the window's end
+        due = self._requested
         if self.every_n_train_steps is not None:
             # Crossing a multiple counts, not hitting it: the GAN's steps advance by two.
             index = trainer.global_step // self.every_n_train_steps
             if index > self._interval_index:
                 self._interval_index = index
-                due = _INTERVAL
+                due = max(due, _INTERVAL)
         minutes = self.every_n_minutes
         if minutes is not None and time.monotonic() - self._last_save >= 60 * minutes:
-            due = _INTERVAL
-        if trainer.received_sigterm or self._preempted:
-            due = _URGENT
+            due = max(due, _INTERVAL)
         return due
 
     def _save(self, trainer: L.Trainer, stopping: bool = False) -> None:
@@ -299,33 +324,47 @@ class LastCheckpoint(Checkpoint):
         if isinstance(self._checkpoint_io, BackgroundCheckpointIO):
             self._checkpoint_io.wait(raise_error=raise_error)
 
-    def _catch_preemption(self) -> None:
-        if not os.environ.get("SUBMITIT_EXECUTOR") or self._submitit_handler is not None:
-            return
-        if threading.current_thread() is not threading.main_thread():
+    def _catch_signals(self) -> None:
+        """Put a handler that only notes the stop in front of Lightning's (SIGTERM) and
+        submitit's (pre-emption) own."""
+        if self._handlers or threading.current_thread() is not threading.main_thread():
             return  # signal handlers belong to the main thread
-        import submitit  # only jobs that submitit started get here
+        wanted = {signal.SIGTERM: _SIGTERM}
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            import submitit  # only jobs that submitit started get here
 
-        signum = submitit.JobEnvironment._usr_sig()
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            self._submitit_handler = (signum, handler)
-            signal.signal(signum, self._on_preemption_signal)
+            wanted[submitit.JobEnvironment._usr_sig()] = _PREEMPTION
+        for signum, stop in wanted.items():
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self._handlers[signum] = handler
+                signal.signal(signum, functools.partial(self._note_stop, stop))
 
-    def _on_preemption_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._preempted = True  # acted on at the next batch boundary, not inside a step
+    def _note_stop(self, stop: int, signum: int, frame: FrameType | None) -> None:
+        self._requested = max(self._requested, stop)  # acted on at a batch boundary
 
-    def _hand_over(self, submitit: tuple[int, Any] | None) -> None:
-        self._preempted = False
-        if submitit is not None:
-            signum, handler = submitit
-            handler(signum, None)  # requeues the job and exits (in rank 0; returns in others)
+    def _stop(self, trainer: L.Trainer) -> None:
+        """End training for the agreed stop: submitit requeues a pre-empted job (and exits in
+        process 0); then ``SIGTERMException``, Lightning's way out of a fit at a signal."""
+        stop, self._stopping, self._requested = self._stopping, _NOT_DUE, _NOT_DUE
+        handlers = self._release_signals()
+        if stop == _PREEMPTION:
+            for signum, handler in handlers.items():
+                if signum != signal.SIGTERM:
+                    handler(signum, None)
+        raise SIGTERMException()
 
-    def _release_preemption(self) -> tuple[int, Any] | None:
-        submitit, self._submitit_handler = self._submitit_handler, None
-        if submitit is not None:
-            signal.signal(*submitit)
-        return submitit
+    def _release_signals(self) -> dict[int, Any]:
+        handlers, self._handlers = self._handlers, {}
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        return handlers
+
+
+def _accumulating(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether batch ``batch_idx`` (of Lightning's epoch) ends inside a gradient-accumulation
+    window, with gradients summed that no checkpoint holds."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches != 0
 
 
 def _highest_over_processes(trainer: L.Trainer, due: int) -> int:

@@ -129,6 +129,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"config": OmegaConf.to_container(job_config, resolve=True)})
     try:
         return _fit_and_test(cfg, trainer, model, datamodule, run_dir)
+    except SIGTERMException:
+        # Lightning ends fit, validate and test this way at SIGTERM, with exit status 0,
+        # which a scheduler would take for a finished job.
+        if trainer.is_global_zero:
+            log.warning("%s", _stopped_by_sigterm(trainer, run_dir))
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         for logger in loggers:
             if isinstance(logger, WandbLogger):  # one W&B run per job, also in a multirun
@@ -145,16 +151,6 @@ def _fit_and_test(
     checkpoint_path = resume_from(cfg.get("ckpt_path"), run_dir, model)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path)
-    except SIGTERMException:
-        # Lightning stops at the end of the step in flight (callbacks.last saved it) and
-        # exits with status 0, which a scheduler would take for a finished job.
-        if trainer.is_global_zero:
-            log.warning(
-                "stopped by SIGTERM at step %d, saved in %s/checkpoints/last.ckpt: add "
-                "hydra.run.dir=%s ckpt_path=last to continue",
-                trainer.global_step, run_dir, run_dir,
-            )  # fmt: skip
-        raise SystemExit(128 + signal.SIGTERM) from None
     except RuntimeError as err:
         if "Error(s) in loading state_dict" not in str(err):
             raise
@@ -197,6 +193,23 @@ def _fit_and_test(
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         print_summary(summary)
     return summary
+
+
+def _stopped_by_sigterm(trainer: L.Trainer, run_dir: Path) -> str:
+    """One line: where a run stopped by SIGTERM is, and how to go on."""
+    step = trainer.global_step
+    if trainer.state.fn != "fit":
+        return (
+            f"stopped by SIGTERM while scoring the checkpoints (training had ended at step "
+            f"{step}): score the best with python -m colorizer.evaluate ckpt_path=FILE"
+        )
+    last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    if last is None or not last.last_model_path:
+        return f"stopped by SIGTERM at step {step}, before any checkpoint was saved"
+    return (
+        f"stopped by SIGTERM at step {step}, saved in {last.path}: add "
+        f"hydra.run.dir={run_dir} ckpt_path=last to continue"
+    )
 
 
 def warn_if_uneven(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:

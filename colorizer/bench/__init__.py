@@ -78,7 +78,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
+    batches = iter(datamodule.train_dataloader())
+    batch = next(batches)
+    getattr(batches, "close", lambda: None)()  # its workers would sit through every timed run
     probe = make_model(cfg)
     trainer = bench_trainer(
         cfg, batches=1

@@ -75,6 +75,8 @@ def data_rates(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
                 runs[name].append(loader_rate(*paths[name], device, cfg))
     finally:
         torch.set_num_threads(threads)
+        for loader, _ in paths.values():
+            getattr(loader, "close", lambda: None)()  # the streams' workers
     reference_runs = runs["reference_data"]
     return {f"{name}_images_per_s": statistics.median(rates) for name, rates in runs.items()} | {
         "data_speedup": median_ratio(runs["data"], reference_runs),

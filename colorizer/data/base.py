@@ -25,10 +25,11 @@ from colorizer.data.cache import reduce_to_area
 from colorizer.data.images import SkippedImage, load_rgb
 from colorizer.data.stream import (
     ShuffledStream,
+    StreamPlan,
     TrainingBatches,
     batches_per_epoch,
     derived_seed,
-    epochs_to_batches,
+    plan_stream,
 )
 from colorizer.errors import DataError, require_int
 
@@ -182,7 +183,8 @@ class ImageFileDataset(Dataset[torch.Tensor]):
                 log.warning("%s (passed the scan, fails now); using another image", error)
                 continue
             if self.reduce_to is None:  # evaluation: the finished item is what is kept
-                image = self.transform(image)
+                # A copy: the centre crop is a view that would keep the whole image alive.
+                image = self.transform(image).clone(memory_format=torch.contiguous_format)
                 self._keep(candidate, image)
                 return image
             image = reduce_to_area(image, *self.reduce_to)
@@ -202,8 +204,8 @@ class ImageFileDataset(Dataset[torch.Tensor]):
             # TorchCodec decodes ~1.3x faster than PIL with load_rgb's checks.
             try:
                 return decode_jpeg(path, mode="RGB")
-            except RuntimeError:
-                pass  # e.g. a copy damaged on disk: the careful path says what is wrong
+            except (RuntimeError, ValueError):
+                pass  # e.g. a copy damaged or empty on disk: the careful path says what is wrong
         return load_rgb(path, min_size=self.min_size, decode_size=self.decode_size)
 
 
@@ -260,8 +262,9 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[torch.Tensor] | None = None
         self.test_set: Dataset[torch.Tensor] | None = None
         self.batches_trained = 0
-        self.batches_per_epoch = 1
-        self.final_batch: int | None = None  # epoch-based runs stop after this batch
+        self.plan = StreamPlan(batches_per_epoch=1)
+        self._planned_for: Any = None  # the Trainer whose settings the plan rewrote
+        self._restored = False
 
     def split_differences(self, trained: Mapping[str, Any]) -> dict[str, Any] | None:
         """How a training run's datamodule (its saved hyper-parameters) split the same images
@@ -294,15 +297,21 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def epoch(self) -> int:
-        """The epoch (``batches_per_epoch`` batches each, from 0) of the latest batch to enter
-        training: during a training step, the epoch of the batch being trained."""
-        return max(self.batches_trained - 1, 0) // self.batches_per_epoch
+        """The epoch (``plan.batches_per_epoch`` batches each, from 0) of the latest batch to
+        enter training: during a training step, the epoch of the batch being trained."""
+        return max(self.batches_trained - 1, 0) // self.plan.batches_per_epoch
+
+    @property
+    def final_batch(self) -> int | None:
+        """The batch an epoch-based run stops after (None: ``max_steps`` decides)."""
+        return self.plan.final_batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_trained": self.batches_trained}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.batches_trained = int(state_dict["batches_trained"])
+        self._restored = True
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         """Count training batches and augment them on the device they were moved to; other
@@ -335,15 +344,33 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         size = len(self.train_set)  # type: ignore[arg-type]
-        self.batches_per_epoch = batches_per_epoch(size, self.batch_size, replicas)
-        if trainer is not None:
-            self.final_batch = epochs_to_batches(trainer, self.batches_per_epoch)
+        pass_batches = batches_per_epoch(size, self.batch_size, replicas)
+        if trainer is None:
+            self.plan = StreamPlan(pass_batches)
+        elif self._planned_for is not trainer:  # the settings are rewritten once per Trainer
+            self.plan, self._planned_for = plan_stream(trainer, pass_batches), trainer
+            self._resume_from_loop_state(trainer)
         stream = ShuffledStream(
-            self.train_set, self.batch_size, self.seed,
-            num_replicas=replicas, rank=rank, start_batch=self.batches_trained,
+            self.train_set, self.batch_size, self.seed, num_replicas=replicas, rank=rank,
+            start_batch=self.batches_trained, repeat_batches=self.plan.repeat_batches,
         )  # fmt: skip
         # The stream makes whole batches in the workers (batch_size=None: no collation).
         return TrainingBatches(self._loader(stream, batch_size=None, persistent=False))
+
+    def _resume_from_loop_state(self, trainer: Any) -> None:
+        """A checkpoint written before the stream existed has no batch count: take Lightning's
+        count of the batches it trained, so the run goes on (GAN pre-training included) from
+        there, in the stream's order rather than the old run's."""
+        if self._restored or not trainer.ckpt_path:
+            return
+        trained = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+        if trained:
+            self.batches_trained = trained
+            log.warning(
+                "%s holds no training-stream position (written by an older version): "
+                "continuing after its %d batches, with other images per batch than the "
+                "interrupted run would have had", trainer.ckpt_path, trained,
+            )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader[torch.Tensor]:
         return self._evaluation_loader(self.val_set, "val")

@@ -25,6 +25,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,7 +58,8 @@ class ShuffledStream(IterableDataset[torch.Tensor]):
     docstring); a DataLoader worker ``w`` of ``W`` makes batches ``start + w``,
     ``start + w + W``, …, and the DataLoader hands them out in worker order, so the batches
     arrive as ``start, start + 1, …`` for any number of workers. Items of ``dataset`` are
-    requested by ``(epoch, index)`` keys.
+    requested by ``(epoch, index)`` keys. ``repeat_batches=N``: the stream's first N batches
+    over and over (``overfit_batches``), crops included.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ShuffledStream(IterableDataset[torch.Tensor]):
         num_replicas: int = 1,
         rank: int = 0,
         start_batch: int = 0,
+        repeat_batches: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.size = len(dataset)  # type: ignore[arg-type]
@@ -76,6 +79,7 @@ class ShuffledStream(IterableDataset[torch.Tensor]):
             raise ValueError("the training stream needs at least one image")
         self.batch_size, self.seed = batch_size, seed
         self.num_replicas, self.rank, self.start_batch = num_replicas, rank, start_batch
+        self.repeat_batches = repeat_batches
         self.per_pass = images_per_pass(self.size, num_replicas)
         self._orders: dict[int, list[int]] = {}
 
@@ -87,6 +91,8 @@ class ShuffledStream(IterableDataset[torch.Tensor]):
 
     def keys(self, batch: int) -> list[tuple[int, int]]:
         """The ``(epoch, index)`` keys of batch ``batch`` of this process's stream."""
+        if self.repeat_batches:
+            batch %= self.repeat_batches
         keys = []
         for position in range(batch * self.batch_size, (batch + 1) * self.batch_size):
             epoch, offset = divmod(position, self.per_pass)
@@ -134,35 +140,83 @@ class TrainingBatches:
     def dataset(self) -> ShuffledStream:
         return self.loader.dataset  # type: ignore[return-value]
 
+    def close(self) -> None:
+        """Stop the worker processes now (Lightning does it at the end of fit; a caller that
+        reads batches itself calls this), rather than when the iterator is collected."""
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None
 
-def epochs_to_batches(trainer: Any, batches_per_epoch: int) -> int | None:
-    """Turn a Trainer's epoch-based settings into batches of the stream; returns the batch
-    at which training must stop (None: no epoch limit, ``max_steps`` decides).
 
-    Lightning sees one endless epoch, so ``max_epochs``, a fractional ``val_check_interval``
-    and ``check_val_every_n_epoch`` are rewritten as their batch counts here, before
-    Lightning reads them (it computes its validation schedule right after asking for the
-    training loader).
+@dataclass(frozen=True)
+class StreamPlan:
+    """How a fit reads the stream: ``batches_per_epoch`` (what an epoch is), ``final_batch``
+    (the batch an epoch-based run stops after; None: ``max_steps`` decides) and
+    ``repeat_batches`` (``overfit_batches``: the stream repeats its first batches)."""
+
+    batches_per_epoch: int
+    final_batch: int | None = None
+    repeat_batches: int | None = None
+
+
+def plan_stream(trainer: Any, pass_batches: int) -> StreamPlan:
+    """Fit a Trainer's epoch-based settings onto the stream, rewriting them as batch counts
+    before Lightning reads them (it computes its schedule right after asking for the
+    training loader); ``pass_batches``: :func:`batches_per_epoch` of the dataset.
+
+    Lightning sees one endless epoch, so: ``limit_train_batches`` (an int, or a fraction of
+    an epoch) and ``overfit_batches`` shorten the epoch (overfitting repeats its batches);
+    ``max_epochs`` becomes the batch the run stops after; a fractional
+    ``val_check_interval`` and ``check_val_every_n_epoch`` become a validation every so many
+    batches; ``min_epochs``, which Lightning's endless epoch would never reach (so no stop
+    would ever be honoured), must be given as ``min_steps``. Raises ``ConfigError`` for
+    combinations that have no batch count.
     """
-    every_n_epochs = trainer.check_val_every_n_epoch
-    interval = trainer.val_check_interval
-    if isinstance(interval, float) and not (every_n_epochs in (None, 1) or interval == 1.0):
+    epoch = _epoch_length(trainer, pass_batches)
+    _validation_in_batches(trainer, epoch)
+    loop = trainer.fit_loop
+    if loop.min_epochs and loop.epoch_loop.min_steps is None:
         raise ConfigError(
-            f"trainer.val_check_interval={interval} with trainer.check_val_every_n_epoch="
-            f"{every_n_epochs}: validate every N epochs (val_check_interval=1.0) or at a "
-            "fraction of every epoch (check_val_every_n_epoch=1), not both"
+            f"trainer.min_epochs={loop.min_epochs}: training reads one endless stream, so "
+            "a minimum is counted in optimizer steps: use trainer.min_steps"
+        )
+    loop.min_epochs = 0  # Lightning's default 1 when min_steps is set: steps decide
+    repeat = epoch if trainer.overfit_batches > 0 else None
+    max_epochs = loop.max_epochs
+    if max_epochs is None or max_epochs < 0:
+        return StreamPlan(epoch, None, repeat)
+    loop.max_epochs = -1  # the stream's own count stops the run
+    if max_epochs == 0:
+        loop.epoch_loop.max_steps = 0  # nothing to train (Lightning stops before a batch)
+    return StreamPlan(epoch, max_epochs * epoch, repeat)
+
+
+def _epoch_length(trainer: Any, pass_batches: int) -> int:
+    """Batches per epoch: a pass, or what ``limit_train_batches`` (Lightning sets it from
+    ``overfit_batches`` too) leaves of it; the limit is rewritten as that int, which is all
+    Lightning accepts for a loader without a length."""
+    limit = trainer.limit_train_batches
+    if isinstance(limit, float) and limit == 1.0:
+        return pass_batches
+    epoch = limit if isinstance(limit, int) else max(1, int(limit * pass_batches))
+    trainer.limit_train_batches = epoch
+    return epoch
+
+
+def _validation_in_batches(trainer: Any, epoch: int) -> None:
+    every_n_epochs = trainer.check_val_every_n_epoch
+    if getattr(trainer, "_val_check_time_interval", None) is not None:  # a wall-clock interval
+        interval, unit = "a duration", " (time)"
+    else:
+        interval = trainer.val_check_interval
+        unit = "" if isinstance(interval, float) else " (batches)"
+    if every_n_epochs not in (None, 1) and not (isinstance(interval, float) and interval == 1.0):
+        raise ConfigError(
+            f"trainer.val_check_interval={interval}{unit} with trainer.check_val_every_n_epoch="
+            f"{every_n_epochs}: validate every N epochs (val_check_interval=1.0) or every so "
+            "much of each epoch (check_val_every_n_epoch=1 or null), not both"
         )
     if isinstance(interval, float):
-        epochs = every_n_epochs or 1
-        trainer.val_check_interval = max(1, int(interval * batches_per_epoch)) * epochs
-    elif isinstance(interval, int) and every_n_epochs not in (None, 1):
-        raise ConfigError(
-            f"trainer.val_check_interval={interval} batches with trainer.check_val_every_n_epoch="
-            f"{every_n_epochs}: give one of them (check_val_every_n_epoch=null counts batches)"
-        )
+        trainer.val_check_interval = max(1, int(interval * epoch)) * (every_n_epochs or 1)
     trainer.check_val_every_n_epoch = None
-    max_epochs = trainer.fit_loop.max_epochs
-    if max_epochs is None or max_epochs < 0:
-        return None
-    trainer.fit_loop.max_epochs = -1  # the stream's own count stops the run
-    return max_epochs * batches_per_epoch

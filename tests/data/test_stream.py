@@ -4,6 +4,7 @@ workers and processes, resumable at any batch; and a run on it never restarts it
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 
 from colorizer.data import CuratedDataModule
 from colorizer.data.base import ImageFileDataset
-from colorizer.data.stream import ShuffledStream, batches_per_epoch, epochs_to_batches
+from colorizer.data.stream import ShuffledStream, StreamPlan, batches_per_epoch, plan_stream
 from colorizer.errors import ConfigError
 from colorizer.run import train
 from tests.conftest import QUICK, SMALL_MODELS
@@ -125,18 +126,49 @@ def trainer_for(**settings) -> L.Trainer:
 
 def test_epoch_settings_become_batches_of_the_stream() -> None:
     trainer = trainer_for(max_epochs=3, val_check_interval=1.0, check_val_every_n_epoch=2)
-    assert epochs_to_batches(trainer, batches_per_epoch=5) == 15
+    assert plan_stream(trainer, pass_batches=5) == StreamPlan(5, final_batch=15)
     assert (trainer.val_check_interval, trainer.check_val_every_n_epoch) == (10, None)
     assert trainer.fit_loop.max_epochs == -1  # the stream stops the run, not Lightning
 
     trainer = trainer_for(max_epochs=-1, max_steps=50, val_check_interval=0.5)
-    assert epochs_to_batches(trainer, batches_per_epoch=5) is None  # steps decide
+    assert plan_stream(trainer, pass_batches=5) == StreamPlan(5)  # steps decide
     assert trainer.val_check_interval == 2
 
-    with pytest.raises(ConfigError, match="check_val_every_n_epoch=2"):
-        epochs_to_batches(trainer_for(val_check_interval=0.5, check_val_every_n_epoch=2), 5)
-    with pytest.raises(ConfigError, match="val_check_interval=3 batches"):
-        epochs_to_batches(trainer_for(val_check_interval=3, check_val_every_n_epoch=2), 5)
+
+def test_limits_and_overfitting_shorten_the_epoch() -> None:
+    trainer = trainer_for(max_epochs=2, limit_train_batches=3)
+    assert plan_stream(trainer, pass_batches=5) == StreamPlan(3, final_batch=6)
+    trainer = trainer_for(max_epochs=2, limit_train_batches=0.5)
+    assert plan_stream(trainer, pass_batches=5) == StreamPlan(2, final_batch=4)
+    assert trainer.limit_train_batches == 2  # what Lightning accepts for an endless loader
+    trainer = trainer_for(max_steps=10, overfit_batches=2)
+    assert plan_stream(trainer, pass_batches=5) == StreamPlan(2, repeat_batches=2)
+    repeated = stream_keys(ShuffledStream(Keys(9), batch_size=2, seed=0, repeat_batches=2), 6)
+    assert repeated[:2] == repeated[2:4] == repeated[4:] and repeated[0] != repeated[1]
+
+
+def test_minimums_and_zero_epochs() -> None:
+    trainer = trainer_for(max_epochs=2, min_steps=3)  # Lightning adds min_epochs=1 itself
+    plan_stream(trainer, pass_batches=5)
+    assert trainer.fit_loop.min_epochs == 0  # else no stop would ever be honoured
+    with pytest.raises(ConfigError, match="trainer.min_epochs=2: .* use trainer.min_steps"):
+        plan_stream(trainer_for(max_epochs=4, min_epochs=2), pass_batches=5)
+    trainer = trainer_for(max_epochs=0)
+    assert plan_stream(trainer, pass_batches=5).final_batch == 0
+    assert trainer.fit_loop.epoch_loop.max_steps == 0  # not even one batch
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"val_check_interval": 0.5, "check_val_every_n_epoch": 2}, "=0.5 with"),
+        ({"val_check_interval": 3, "check_val_every_n_epoch": 2}, "=3 (batches) with"),
+        ({"val_check_interval": "00:00:01:00", "check_val_every_n_epoch": 2}, "duration (time)"),
+    ],
+)
+def test_validation_settings_without_a_batch_count_are_refused(settings, message) -> None:
+    with pytest.raises(ConfigError, match=rf"trainer.val_check_interval.*{re.escape(message)}"):
+        plan_stream(trainer_for(**settings), pass_batches=5)
 
 
 class LoaderProbe(L.Callback):
@@ -146,7 +178,7 @@ class LoaderProbe(L.Callback):
     made: list[LoaderProbe] = []
 
     def __init__(self) -> None:
-        self.epochs, self.iterators, self.sizes = 0, set(), []
+        self.epochs, self.iterators, self.sizes, self.batches = 0, set(), [], []
         LoaderProbe.made.append(self)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -155,6 +187,7 @@ class LoaderProbe(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.iterators.add(id(trainer.train_dataloader._iterator))
         self.sizes.append(batch.shape[0])
+        self.batches.append(batch.cpu().clone())
 
 
 PROBE = "tests.data.test_stream.LoaderProbe"
@@ -174,6 +207,17 @@ def test_a_run_on_a_tiny_folder_starts_one_epoch_and_one_loader(make_cfg):
     assert probe.epochs == 1
     assert len(probe.iterators) == 1
     assert probe.sizes == [8] * 30
+
+
+def test_overfitting_trains_on_the_same_batch_every_step(make_cfg) -> None:
+    """``trainer.overfit_batches=1`` (the alpha seed recipe): one batch, crops included."""
+    LoaderProbe.made.clear()
+    train(make_cfg(*SMALL_MODELS["alpha"], *QUICK, "data.image_size=16", "data.num_train=8",
+                   "+trainer.overfit_batches=1", "trainer.max_steps=4",
+                   "callbacks.samples=null", f"+callbacks.probe._target_={PROBE}"))  # fmt: skip
+    (probe,) = LoaderProbe.made
+    assert len(probe.batches) == 4
+    assert all(torch.equal(batch, probe.batches[0]) for batch in probe.batches)
 
 
 def test_waiting_for_data_is_measured_and_said_once(make_cfg, caplog) -> None:

@@ -60,6 +60,18 @@ def test_l1_pretraining_leaves_the_discriminator_alone(make_cfg, tmp_path):
     assert generator_state["state"] and not discriminator_state["state"]
 
 
+def test_adversarial_phase_starts_with_the_first_batch_of_epoch_pretrain_epochs(make_cfg, tmp_path):
+    """8 images, batches of 4: an epoch is 2 batches of the endless stream (Lightning's own
+    epoch never ends). With one pre-training epoch, batches 1-2 step G alone, 3-4 both."""
+    cfg = make_cfg(*TINY, *QUICK, "trainer=debug", "data.num_train=8", "model.pretrain_epochs=1",
+                   "trainer.max_steps=6")  # fmt: skip
+    train(cfg)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    generator_state, discriminator_state = checkpoint["optimizer_states"]
+    assert generator_state["state"][0]["step"] == 4  # 2 + 2 = 6 optimizer steps in 4 batches
+    assert discriminator_state["state"][0]["step"] == 2
+
+
 def test_resnet18_generator_with_encoder_weights_from_a_file(tmp_path):
     torch.manual_seed(3)
     state = timm.create_model("resnet18").state_dict()  # an RGB classifier's weights
