@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     MODELS.name_or_fail(model)  # what it trains, load_model can load
     DATA_SOURCES.name_or_fail(datamodule)
+    model.check_image_size(datamodule.image_size)
     if cfg.compile:
         # Compiled code is cached per function (every nn.Sequential shares one forward) up
         # to dynamo's recompile limit (8): the jobs of a sweep run in one process would

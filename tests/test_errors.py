@@ -42,6 +42,22 @@ def test_mistake_in_a_sweep_is_one_line_before_any_job(main_of, tmp_path, sweep,
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("name", ["alpha", "beta", "fullcnn"])
+def test_a_training_size_the_model_cannot_take_is_one_line_before_any_data(main_of, name):
+    result = main_of("colorizer.run", *SMALL_MODELS[name], *QUICK, "data.image_size=100")
+    assert_one_line_error(
+        result, f"model={name} trains on sides that are multiples of 8", "data.image_size=100",
+        "use data.image_size=96 or 104",
+    )  # fmt: skip
+    assert "training " not in result.stdout  # refused before any data or training
+
+
+def test_a_gan_size_says_the_multiple_and_the_depth(main_of):
+    result = main_of("colorizer.run", *SMALL_MODELS["gan"], *QUICK, "data.image_size=100")
+    assert_one_line_error(result, "model=gan trains on sides that are multiples of 64",
+                          "use data.image_size=64 or 128", "or a smaller model.depth")  # fmt: skip
+
+
 def test_empty_dataset_says_so(main_of, tmp_path):
     (tmp_path / "empty").mkdir()
     result = main_of("colorizer.run", "model=alpha", "data.root=empty", "trainer=debug")

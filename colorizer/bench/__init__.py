@@ -76,12 +76,13 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     require_int("data_batches", cfg.data_batches, least=0)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
+    probe = make_model(cfg)
+    probe.check_image_size(datamodule.image_size)
     datamodule.prepare_data()
     datamodule.setup("fit")
     batches = iter(datamodule.train_dataloader())
     batch = next(batches)
     getattr(batches, "close", lambda: None)()  # its workers would sit through every timed run
-    probe = make_model(cfg)
     trainer = bench_trainer(
         cfg, batches=1
     )  # resolves accelerator and precision as a real run would

@@ -24,6 +24,7 @@ from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import frozen
 from colorizer.models.backbones import load_into, load_pretrained, read_state_dict
 from colorizer.models.blocks import conv_stack
+from colorizer.registry import MODELS
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -137,6 +138,28 @@ class ColorizationModule(L.LightningModule):
             for what, (module, _, _) in self.pretrained_parts().items()
             if not any(parameter.requires_grad for parameter in module.parameters())
         }
+
+    def check_image_size(self, size: int, key: str = "data.image_size") -> None:
+        """Refuse, in one line naming the nearest sizes that work, a training size the network
+        cannot take: sides a multiple of its fixed input size or of its stride product.
+
+        Called before any data is read (inference takes any size: ``predict_ab`` resizes or
+        pads; training feeds crops to the network as they are).
+        """
+        multiple = self.input_size or self.size_multiple
+        if size % multiple == 0:
+            return
+        below = size - size % multiple
+        nearest = f"{below} or {below + multiple}" if below else f"{multiple}"
+        name = MODELS.name_of(type(self)) or type(self).__name__
+        raise ConfigError(
+            f"model={name} trains on sides that are multiples of {multiple}: {key}={size} is "
+            f"not one; use {key}={nearest}{self.size_hint()}"
+        )
+
+    def size_hint(self) -> str:
+        """More to say when a size is refused (a model with a size setting names it)."""
+        return ""
 
     def apply_speed_options(self, compile: bool = False, channels_last: bool = False) -> None:
         """Speed-ups for GPUs, applied to each network submodule (not the metrics).

@@ -93,14 +93,8 @@ class GANColorizer(ColorizationModule):
             torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
 
-    def _check_size(self, batch: torch.Tensor) -> None:
-        multiple = self.input_size or self.size_multiple
-        if any(side % multiple for side in batch.shape[-2:]):
-            hint = "or a smaller model.depth" if self.hparams.generator == "unet" else ""
-            raise ConfigError(
-                f"model=gan needs images whose sides are multiples of {multiple}, got "
-                f"{tuple(batch.shape[-2:])}: set data.image_size={max(multiple, 256)} {hint}"
-            )
+    def size_hint(self) -> str:
+        return " or a smaller model.depth" if self.hparams.generator == "unet" else ""
 
     @property
     def adversarial(self) -> bool:
@@ -131,7 +125,6 @@ class GANColorizer(ColorizationModule):
         plain PyTorch loop (``colorizer.bench``) with plain ones and ``Tensor.backward``, so
         both run exactly this math. Returns the losses, as tensors (no host sync).
         """
-        self._check_size(batch)
         l_norm, ab_norm = split_lab(batch)
         fake_ab = self.generator(l_norm)
         logs = {}
