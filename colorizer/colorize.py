@@ -41,7 +41,15 @@ from colorizer.inference import (
     open_network,
     resolve_device,
 )
-from colorizer.photo_files import FORMATS, Job, PhotoFiles, find_jobs, side_by_side, write_image
+from colorizer.photo_files import (
+    FORMATS,
+    Job,
+    PhotoFiles,
+    clashing_targets,
+    find_jobs,
+    side_by_side,
+    write_image,
+)
 from colorizer.video import TEMPORAL, FrameColorizer, VideoError, colorize_video
 
 log = logging.getLogger(__name__)
@@ -69,12 +77,13 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         log.warning("%s works at %d px only; size=%s is not used", network.name,
                     network.input_size, cfg.size)  # fmt: skip
     jobs = find_jobs(str(cfg.input), Path(str(cfg.output)), cfg.format)
+    failed = clashing_targets(jobs)  # costs those files only; the others are written
     skipped: dict[Path, str] = {}
     if not cfg.overwrite:
         skipped = {job.source: EXISTS for job in jobs if job.target.exists()}
-    todo = [job for job in jobs if job.source not in skipped and not job.is_video]
-    videos = [job for job in jobs if job.source not in skipped and job.is_video]
-    failed: dict[Path, str] = {}
+    waiting = [job for job in jobs if job.source not in skipped and job.source not in failed]
+    todo = [job for job in waiting if not job.is_video]
+    videos = [job for job in waiting if job.is_video]
     done = recoloured = 0
     loader = DataLoader(
         PhotoFiles(todo),

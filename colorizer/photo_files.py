@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,20 +84,42 @@ def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
     if not files:
         kinds = " ".join(sorted(INPUT_EXTENSIONS))
         raise ConfigError(f"input={pattern} holds no image or video files ({kinds})")
-    jobs = [Job(f, output / output_name(f.relative_to(base), fmt)) for f in files]
-    sources: dict[Path, Path] = {}
+    jobs = _distinct_targets(
+        [Job(f, output / output_name(f.relative_to(base), fmt)) for f in files]
+    )
     for job in jobs:
         if job.target.resolve() == job.source.resolve():
             raise ConfigError(
                 f"output={output} would overwrite the input {job.source}: choose another folder"
             )
-        other = sources.setdefault(job.target, job.source)
-        if other != job.source:
-            raise ConfigError(
-                f"{other} and {job.source} would both be written to {job.target}: "
-                "set format=null or colorize them into separate folders"
-            )
     return jobs
+
+
+def _distinct_targets(jobs: list[Job]) -> list[Job]:
+    """Inputs that would share an output name (``palette.gif`` and ``palette.png``, both
+    written as PNG) keep their own extension in it when the output's differs:
+    ``palette.gif.png`` beside ``palette.png``."""
+    sharing = Counter(job.target for job in jobs)
+    return [
+        Job(job.source, job.target.with_name(job.source.name + job.target.suffix))
+        if sharing[job.target] > 1 and job.source.suffix.lower() != job.target.suffix.lower()
+        else job
+        for job in jobs
+    ]
+
+
+def clashing_targets(jobs: list[Job]) -> dict[Path, str]:
+    """Inputs whose output file another input takes even so (``palette.gif`` would become
+    ``palette.gif.png``, the output of an input of that name): source -> why it is not
+    written."""
+    taken: dict[Path, Path] = {}
+    clashes = {}
+    # An input whose output keeps its own name has the first claim on it.
+    for job in sorted(jobs, key=lambda job: job.target.name != job.source.name):
+        other = taken.setdefault(job.target, job.source)
+        if other != job.source:
+            clashes[job.source] = f"output name taken by {other.name}"
+    return clashes
 
 
 def output_name(relative: Path, fmt: str | None) -> Path:

@@ -168,6 +168,29 @@ def test_color_inputs_skip_and_compare(make_cfg, tmp_path, checkpoint_of):
     assert (pair[:, -60:] == np.asarray(Image.open(out / "gray.png"))).all()  # right: output
 
 
+def test_inputs_that_would_share_an_output_name_keep_their_own_extension(
+    make_cfg, tmp_path, checkpoint_of
+):
+    """palette.gif and palette.png would both be written as palette.png: the GIF's output is
+    palette.gif.png. A name taken even so (an input already named palette.gif.png) costs the
+    renamed input only: the others are written, exit status 1."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for name, fmt in (("palette.gif", "GIF"), ("palette.png", "PNG"), ("other.tif", "TIFF")):
+        Image.fromarray(colourful(24, 32)).save(photos / name, format=fmt)
+    jobs = {job.source.name: job.target.name for job in find_jobs(str(photos), out)}
+    assert jobs == {"palette.gif": "palette.gif.png", "palette.png": "palette.png",
+                    "other.tif": "other.tif"}  # fmt: skip
+    summary = colorize(configure(make_cfg, checkpoint_of("alpha"), photos, out))
+    assert summary["failed"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["other.tif", "palette.gif.png", "palette.png"]
+    Image.fromarray(colourful(24, 32)).save(photos / "palette.gif.png")
+    summary = colorize(configure(make_cfg, checkpoint_of("alpha"), photos, out, "overwrite=true"))
+    failure = {str(photos / "palette.gif"): "output name taken by palette.gif.png"}
+    assert summary["failed"] == 1 and summary["failures"] == failure
+    assert summary["colorized"] == 3
+
+
 def test_output_may_not_overwrite_inputs_and_names_may_not_collide(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -177,8 +200,6 @@ def test_output_may_not_overwrite_inputs_and_names_may_not_collide(tmp_path):
         find_jobs(str(photos), photos)
     with pytest.raises(ConfigError, match="is the input folder"):
         find_jobs(str(photos / "a.png"), photos)  # a file: its folder is the input folder
-    with pytest.raises(ConfigError, match="would both be written to"):
-        find_jobs(str(photos), tmp_path / "out", "png")
     # An output folder inside the input folder is not read back as input.
     (photos / "out").mkdir()
     Image.fromarray(colourful(20, 20)).save(photos / "out" / "old.png")
