@@ -152,6 +152,8 @@ def data_wait_advice(fraction: float, datamodule: Any) -> str:
     workers = getattr(datamodule, "num_workers", None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     advice = [f"raise data.num_workers (now {workers}; this machine has {cores} cores)"]
+    if getattr(datamodule, "memory_cache_mb", None) == 0:
+        advice.append("let data.memory_cache_mb keep decoded photos (0 now)")
     if getattr(datamodule, "resized_cache", "") is None:
         advice.append("set data.resized_cache=DIR (copies at training size decode faster)")
     return (
