@@ -3,7 +3,8 @@
 
 ``input`` is an image or video file, a folder (searched recursively) or a glob; each photo is
 written under ``output`` with its own name and sub-folder, size and aspect ratio. The network
-sees the photo's luminance at its working size (``size``); its chroma is upsampled and merged
+sees the photo's luminance at its working size (``size``, by default the size the model was
+trained at); its chroma is upsampled and merged
 with the photo's full-resolution L (``colorizer.inference``). Colour photos are recoloured from
 their luminance unless ``color_inputs=skip``. Videos are colorized frame by frame in batches,
 their chroma stabilised along the motion (``temporal=flow``), audio copied
@@ -16,7 +17,6 @@ skipped on purpose, 1 when any failed, 2 for a usage error (one ``error:`` line)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter, deque
@@ -28,10 +28,10 @@ import av.error
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from torch.utils.data import DataLoader
 
 from colorizer.cli import run_app
 from colorizer.console import image_progress
+from colorizer.data.loaders import image_loader
 from colorizer.error_lines import is_out_of_memory, one_line
 from colorizer.errors import ConfigError, require_int
 from colorizer.inference import (
@@ -41,6 +41,7 @@ from colorizer.inference import (
     open_network,
     resolve_device,
 )
+from colorizer.models.spec import check_size_option
 from colorizer.photo_files import (
     FORMATS,
     Job,
@@ -50,6 +51,7 @@ from colorizer.photo_files import (
     side_by_side,
     write_image,
 )
+from colorizer.report import write_report
 from colorizer.video import TEMPORAL, FrameColorizer, VideoError, colorize_video
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     if network is None:
         network = open_network(str(cfg.ckpt_path), str(cfg.backend), device, bf16=bf16)
     device = network.device
-    if network.input_size is not None and cfg.size != network.input_size:
+    size = network.spec.working_size(cfg.size)
+    if network.input_size is not None and size != network.input_size:
         log.warning("%s works at %d px only; size=%s is not used", network.name,
                     network.input_size, cfg.size)  # fmt: skip
     jobs = find_jobs(str(cfg.input), Path(str(cfg.output)), cfg.format)
@@ -85,12 +88,12 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     todo = [job for job in waiting if not job.is_video]
     videos = [job for job in waiting if job.is_video]
     done = recoloured = 0
-    loader = DataLoader(
+    loader = image_loader(
         PhotoFiles(todo),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers if todo else 0,  # no worker processes for videos alone
+        device=device,
         collate_fn=list,
-        pin_memory=device.type == "cuda",
     )
     console = Console(stderr=True)
     start = time.perf_counter()
@@ -121,7 +124,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
                 else:
                     photos.append((job, item))
                     recoloured += item["colour"]
-            colorized, errors = _colorize_batch(network, photos, cfg.size)
+            colorized, errors = _colorize_batch(network, photos, size)
             failed |= {job.source: error for job, error in errors.items()}
             for job, item, output in colorized:
                 pending.append((job, writers.submit(_write, job, item, output, cfg)))
@@ -129,11 +132,12 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
             bar.advance(task, len(batch))
         finish_writes(keep=0)
         photo_seconds = time.perf_counter() - start
-        frames, failed_videos = _colorize_videos(network, videos, cfg, bar)
+        frames, failed_videos = _colorize_videos(network, videos, size, cfg, bar)
     failed |= failed_videos
     seconds = time.perf_counter() - start
     summary = {
         "model": network.name,
+        "size": size,
         "backend": type(network).__name__,
         "device": str(device),
         "found": len(jobs),
@@ -157,7 +161,8 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
 
 def _check(cfg: DictConfig) -> None:
     """Refuse bad option values with a message naming the key."""
-    for key in ("size", "batch_size", "quality"):
+    check_size_option("size", cfg.size)
+    for key in ("batch_size", "quality"):
         require_int(key, cfg[key])
     if cfg.quality > 100:
         raise ConfigError(f"quality={cfg.quality} must be at most 100")
@@ -195,10 +200,10 @@ def _colorize_batch(
 
 
 def _colorize_videos(
-    network: ChromaNetwork, videos: list[Job], cfg: DictConfig, bar: Any
+    network: ChromaNetwork, videos: list[Job], size: int, cfg: DictConfig, bar: Any
 ) -> tuple[int, dict[Path, str]]:
-    """Colorize each video (a progress bar of frames each); returns the frames written and
-    the failures' reasons."""
+    """Colorize each video at working size ``size`` (a progress bar of frames each); returns
+    the frames written and the failures' reasons."""
     frames, failed = 0, {}
     for job in videos:
         task = bar.add_task(job.source.name, total=None, unit="frames")
@@ -206,7 +211,7 @@ def _colorize_videos(
         def show(done: int, total: int | None, task: Any = task) -> None:
             bar.update(task, completed=done, total=total)
 
-        colorizer = FrameColorizer(network, cfg.size, str(cfg.temporal))
+        colorizer = FrameColorizer(network, size, str(cfg.temporal))
         try:
             frames += colorize_video(
                 job.source, job.target, colorizer, cfg.batch_size, cfg.crf, progress=show
@@ -244,16 +249,12 @@ def _describe_failure(err: BaseException) -> str:
 
 
 def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
-    """Print the failures and a summary line; write summary.json to the run directory."""
-    for path, reason in list(summary["failures"].items())[:_MAX_LISTED_FAILURES]:
-        console.print(f"failed: {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """Write summary.json to the run directory; print the failures and a summary line."""
+    listed = list(summary["failures"].items())[:_MAX_LISTED_FAILURES]
+    lines = [f"failed: {path}: {reason}" for path, reason in listed]
     hidden = summary["failed"] - _MAX_LISTED_FAILURES
     if hidden > 0:
-        console.print(
-            f"... and {hidden} more failures: see {run_dir / 'summary.json'}", soft_wrap=True
-        )
+        lines.append(f"... and {hidden} more failures: see {run_dir / 'summary.json'}")
     line = f"colorized {summary['colorized']} of {summary['found']}"
     for outcome in ("skipped", "failed"):
         reasons = ", ".join(f"{n} {why}" for why, n in summary[f"{outcome}_reasons"].items())
@@ -265,13 +266,13 @@ def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
         rates.append(f"{summary['frames']} video frames at {summary['frames_per_s']:.2f} frames/s")
     line += f"; {', '.join(rates)} on {summary['device']}"
     if summary["colour_inputs_recoloured"]:
-        console.print(
+        lines.append(
             f"{summary['colour_inputs_recoloured']} colour photos were recoloured from their "
-            "luminance (color_inputs=skip leaves colour photos alone)",
-            soft_wrap=True,
+            "luminance (color_inputs=skip leaves colour photos alone)"
         )
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Wrote {summary['output']}", markup=False, highlight=False, soft_wrap=True)
+    lines.append(line)
+    write_report(run_dir, summary, json_name="summary.json", lines=lines,
+                 also_wrote=[Path(summary["output"])], console=console)  # fmt: skip
 
 
 def _cli(cfg: DictConfig) -> None:

@@ -164,7 +164,8 @@ class TrainingProgress(ProgressBar):
             return
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in pl_module.parameters()) - trainable
-        name = type(pl_module).__module__.rsplit(".", 1)[-1]
+        spec = getattr(pl_module, "spec", None)
+        name = spec.name if spec is not None else type(pl_module).__name__
         self.console.print(
             f"training {name}: {trainable / 1e6:.2f} M trainable parameters"
             + (f" (+ {frozen / 1e6:.1f} M frozen)" if frozen else "")

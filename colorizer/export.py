@@ -4,9 +4,10 @@ The graph maps normalised L ``l_norm`` float32 ``[B, 1, H, W]`` (``L / 50 - 1``)
 ab ``ab_norm`` ``[B, 2, H, W]`` (``ab / 110``), as the model's ``forward`` does; fullcnn's
 frozen Inception-ResNet-v2 embedding branch is part of it. The batch is always dynamic; H and
 W too for fully convolutional models (any multiple of ``size_multiple``), while the pix2pix
-U-Net is fixed at its working size. The normalisation constants and geometry are stored as
-``colorizer.*`` metadata (``colorizer.inference.onnx_metadata``), which
-``python -m colorizer.colorize ckpt_path=model.onnx`` reads.
+U-Net is fixed at its working size. The normalisation constants and the model's spec (name,
+geometry, training size) are stored as ``colorizer.*`` metadata
+(``colorizer.inference.onnx_metadata``), which ``python -m colorizer.colorize
+ckpt_path=model.onnx`` reads.
 
 The file is then verified: onnxruntime and PyTorch run the same random inputs (at the working
 size, and at a second, non-square size when that is dynamic) and the largest difference is
@@ -16,6 +17,7 @@ printed. Exit status 1 if it exceeds ``tolerance``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from colorizer.cli import run_app
-from colorizer.errors import ConfigError, require_int
-from colorizer.inference import ONNX_INPUT, ONNX_OUTPUT, OnnxNetwork, model_name, onnx_metadata
+from colorizer.errors import ConfigError
+from colorizer.inference import ONNX_INPUT, ONNX_OUTPUT, OnnxNetwork, onnx_metadata
 from colorizer.models import ColorizationModule, load_model
 
 log = logging.getLogger(__name__)
@@ -32,19 +34,19 @@ log = logging.getLogger(__name__)
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write ``cfg.output`` from ``cfg.ckpt_path`` and verify it; returns the summary."""
-    size = cfg.size
-    require_int("size", size)
     output = Path(str(cfg.output))
     if output.suffix.lower() != ".onnx":
         raise ConfigError(f"output={output} must be an .onnx file name")
     model = load_model(str(cfg.ckpt_path))
+    spec = model.spec
+    size = spec.working_size(cfg.size)
     model.allow_bf16 = False  # the graph and its check are float32 throughout
     for chatty in ("onnxscript", "onnx_ir"):  # their INFO lines list every optimisation pass
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    input_size = model.input_size
+    input_size = spec.input_size
     if input_size is None and not cfg.dynamic_size:
-        input_size = _round_to(size, model.size_multiple)
-    working = input_size or _round_to(size, model.size_multiple)
+        input_size = _round_to(size, spec.size_multiple)
+    working = input_size or _round_to(size, spec.size_multiple)
     example = torch.rand(2, 1, working, working) * 2 - 1
     program = torch.onnx.export(
         model,
@@ -56,22 +58,24 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         dynamo=True,
         verbose=False,
     )
-    program.model.metadata_props.update(onnx_metadata(model, input_size, Path(cfg.ckpt_path).name))
+    exported = replace(spec, input_size=input_size)  # a fixed-size export says so
+    program.model.metadata_props.update(onnx_metadata(exported, Path(cfg.ckpt_path).name))
     output.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(output))
     max_difference = verify(model, output, working, dynamic=input_size is None)
     summary = {
-        "model": model_name(model),
+        "model": spec.name,
         "output": str(output.resolve()),
         "megabytes": round(output.stat().st_size / 2**20, 1),
         "input_size": input_size,
-        "size_multiple": model.size_multiple,
+        "size_multiple": spec.size_multiple,
+        "image_size": spec.image_size,
         "opset": cfg.opset,
         "max_abs_difference": max_difference,
         "tolerance": cfg.tolerance,
     }
     shape = (
-        f"{input_size} x {input_size}" if input_size else f"H, W multiples of {model.size_multiple}"
+        f"{input_size} x {input_size}" if input_size else f"H, W multiples of {spec.size_multiple}"
     )
     print(f"Wrote {output} ({summary['megabytes']} MB): {summary['model']}, input [B, 1, {shape}]")
     print(f"onnxruntime vs PyTorch on random input: max |difference| = {max_difference:.3g}")

@@ -20,6 +20,7 @@ from colorizer.color import AB_SCALE, L_SCALE, merge_lab, normalize_l, rgb_to_la
 from colorizer.errors import ConfigError
 from colorizer.models import ColorizationModule, load_model
 from colorizer.models.base import predict_ab_with
+from colorizer.models.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "32", "bf16")
@@ -42,19 +43,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ChromaNetwork:
-    """A colorization network with its geometry.
+    """A colorization network with its spec (name, geometry, training size).
 
     Attributes:
-        name: the architecture (``alpha``, ``beta``, ``fullcnn``, ``gan``).
-        input_size: the fixed square size it works at, or None if fully convolutional.
-        size_multiple: what H and W must be divisible by (fully convolutional nets).
+        spec: what the checkpoint or ONNX file says about the model (``ModelSpec``).
         device: where its inputs must be.
     """
 
-    name: str
-    input_size: int | None
-    size_multiple: int
+    spec: ModelSpec
     device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_size(self) -> int | None:
+        return self.spec.input_size
 
     def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -62,7 +67,7 @@ class ChromaNetwork:
     def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
         """Normalised ab for normalised L of any size (resized or padded as the net needs)."""
         return predict_ab_with(
-            self, l_norm, input_size=self.input_size, size_multiple=self.size_multiple
+            self, l_norm, input_size=self.spec.input_size, size_multiple=self.spec.size_multiple
         )
 
 
@@ -71,8 +76,7 @@ class TorchNetwork(ChromaNetwork):
 
     def __init__(self, model: ColorizationModule, device: torch.device, bf16: bool = False):
         self.model = model.to(device).eval()
-        self.name = model_name(model)
-        self.input_size, self.size_multiple = model.input_size, model.size_multiple
+        self.spec = model.spec
         self.device, self.bf16 = device, bf16
 
     def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
@@ -95,9 +99,7 @@ class OnnxNetwork(ChromaNetwork):
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise ConfigError(f"{path} is not a readable ONNX model ({first_line})") from err
         metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.name = metadata["model"]
-        self.input_size = int(metadata["input_size"]) if metadata["input_size"] else None
-        self.size_multiple = int(metadata["size_multiple"])
+        self.spec = ModelSpec.from_dict({**metadata, "name": metadata["model"]})
         self.device = device
 
     def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
@@ -106,22 +108,19 @@ class OnnxNetwork(ChromaNetwork):
         return torch.from_numpy(ab).to(l_norm.device)
 
 
-def model_name(model: ColorizationModule) -> str:
-    """``alpha``, ``beta``, ... : the file name of the model's module, as in ``model=alpha``."""
-    return type(model).__module__.rsplit(".", 1)[-1]
-
-
-def onnx_metadata(model: ColorizationModule, input_size: int | None, source: str) -> dict:
-    """What ``OnnxNetwork`` (or any deployment) needs to feed the exported graph."""
+def onnx_metadata(spec: ModelSpec, source: str) -> dict:
+    """What ``OnnxNetwork`` (or any deployment) needs to feed the exported graph: the model's
+    spec (``input_size`` is the exported graph's fixed size, if any) and the normalisation."""
     return {
-        f"{META}model": model_name(model),
+        f"{META}model": spec.name,
         f"{META}source": source,
         f"{META}input": f"{ONNX_INPUT}: float32 [B, 1, H, W], CIE L (D65) as L / {L_SCALE:g} - 1",
         f"{META}output": f"{ONNX_OUTPUT}: float32 [B, 2, H, W], CIE a, b as ab / {AB_SCALE:g}",
         f"{META}l_scale": repr(L_SCALE),
         f"{META}ab_scale": repr(AB_SCALE),
-        f"{META}input_size": "" if input_size is None else str(input_size),
-        f"{META}size_multiple": str(model.size_multiple),
+        f"{META}input_size": "" if spec.input_size is None else str(spec.input_size),
+        f"{META}size_multiple": str(spec.size_multiple),
+        f"{META}image_size": "" if spec.image_size is None else str(spec.image_size),
     }
 
 

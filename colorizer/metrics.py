@@ -11,17 +11,36 @@ All image metrics compare sRGB float images in [0, 1], shape ``[B, 3, H, W]``:
 
 The gray baseline (ab = 0) is measured with a clone of the same collection, prefixed
 ``<stage>/gray_``, because PSNR alone rewards dull output.
+
+``colorizer.evaluate`` adds FID and LPIPS (``perceptual_metrics``) where their weights are
+already on the machine: they are never downloaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 from torchmetrics.regression import MeanSquaredError
+from torchvision.models import AlexNet_Weights
+
+# Table headings of the metrics, in the order reports show them.
+METRIC_COLUMNS = {"psnr": "PSNR (dB)", "mse": "MSE", "ssim": "SSIM", "cf": "CF", "delta_cf": "ΔCF"}
+METRIC_COLUMNS |= {"fid": "FID", "lpips": "LPIPS"}
+METRIC_DEFINITIONS = (
+    "sRGB in [0, 1]; PSNR (data_range 1) per image, then averaged over images; MSE over all "
+    "pixels; SSIM on [0, 1]; CF: Hasler-Süsstrunk colourfulness on 0-255, per image, averaged; "
+    "ΔCF = |mean CF(prediction) - mean CF(truth)|; gray baseline: the same images with ab = 0."
+)
 
 PSNR_MIN_MSE = 1e-10
 """MSE floor for PSNR (caps a perfect image at 100 dB instead of inf, which would poison a mean)."""
@@ -164,3 +183,64 @@ def colorization_metrics() -> MetricCollection:
         },
         compute_groups=False,
     )
+
+
+def computed_or_nan(metric: Metric) -> float:
+    """The metric's value; NaN where it has none (e.g. FID of fewer than two images)."""
+    try:
+        return float(metric.compute())
+    except (RuntimeError, ValueError):
+        return math.nan
+
+
+class PairedFID(FrechetInceptionDistance):
+    """FID of predictions vs their truths, with the ``update(preds, target)`` of the others."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        super().update(target, real=True)
+        super().update(preds, real=False)
+
+
+def perceptual_metrics() -> tuple[dict[str, Metric], str | None]:
+    """FID and LPIPS if their packages and weights (torch hub cache) are here; never downloads.
+
+    Returns the metrics built, and one line naming those skipped and why (None if none was).
+    They are built with torch.hub's downloader disabled, in case a check here is wrong.
+    """
+    metrics: dict[str, Metric] = {}
+    why_not = []
+    for name, build in (("FID", _fid), ("LPIPS", _lpips)):
+        try:
+            with mock.patch("torch.hub.download_url_to_file", side_effect=_no_download):
+                metrics[name.lower()] = build()
+        except ImportError as err:
+            why_not.append(f"{name}: package {err.name or err} is not installed")
+        except Exception as err:  # noqa: BLE001 - whatever fails to load is not available
+            why_not.append(f"{name}: {err}")
+    if not why_not:
+        return metrics, None
+    names = ", ".join(line.split(":")[0] for line in why_not)
+    return metrics, f"{names}: skipped (weights not available locally: {'; '.join(why_not)})"
+
+
+def _fid() -> Metric:
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    _require_cached(URL_INCEPTION_V3)
+    return PairedFID(normalize=True)
+
+
+def _lpips() -> Metric:
+    _require_cached(AlexNet_Weights.DEFAULT.url)  # the default backbone's ImageNet weights
+    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
+
+
+def _require_cached(url: str) -> None:
+    """Raise FileNotFoundError unless torch.hub has already downloaded ``url``."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} in {path.parent}")
+
+
+def _no_download(url: str, *args: Any, **kwargs: Any) -> None:
+    raise FileNotFoundError(f"{url} is not downloaded")

@@ -20,6 +20,13 @@ from colorizer.error_lines import one_line
 from colorizer.errors import ConfigError
 
 MULTIRUN_FLAGS = ("--multirun", "-m")
+# Keys an entry point no longer reads -> what to write instead.
+RENAMED = {
+    "evaluate": {
+        "video_size": "size",
+        "data.image_size": "size",  # images and videos are read at the model's size
+    },
+}
 
 
 def check_overrides(argv: list[str], config_dir: Path, config_name: str) -> None:
@@ -35,6 +42,7 @@ def check_overrides(argv: list[str], config_dir: Path, config_name: str) -> None
     if full_error or any(flag not in MULTIRUN_FLAGS for flag in flags):
         return
     overrides = [arg for arg in argv if not arg.startswith("-")]
+    check_renamed(overrides, RENAMED.get(config_name, {}))
     try:
         variants = sweep_variants(overrides, config_dir) if flags else [overrides]
         with initialize_config_dir(str(config_dir), version_base="1.3"):
@@ -49,6 +57,14 @@ def check_overrides(argv: list[str], config_dir: Path, config_name: str) -> None
         ) from err
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(one_line(err)) from err
+
+
+def check_renamed(overrides: list[str], renamed: dict[str, str]) -> None:
+    """Refuse in one line a key this entry point reads under another name."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in renamed:
+            raise ConfigError(f"{key}= is written {renamed[key]}= here: use {renamed[key]}={value}")
 
 
 def check_launcher(launcher: DictConfig, multirun: bool) -> None:

@@ -6,9 +6,7 @@ the best by ``val/psnr``), ``samples/*.png`` and ``metrics.json`` (README, Outpu
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import signal
 from pathlib import Path
@@ -29,14 +27,14 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 from colorizer.callbacks import TrainingThroughput
 from colorizer.checkpoints import BackgroundCheckpointIO, LastCheckpoint
 from colorizer.cli import run_app
 from colorizer.errors import ConfigError
+from colorizer.metrics import METRIC_COLUMNS
 from colorizer.registry import DATA_SOURCES, MODELS
+from colorizer.report import ResultTable, cell, write_report
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     MODELS.name_or_fail(model)  # what it trains, load_model can load
     DATA_SOURCES.name_or_fail(datamodule)
-    model.check_image_size(datamodule.image_size)
+    model.set_training_size(datamodule.image_size)
     if cfg.compile:
         # Compiled code is cached per function (every nn.Sequential shares one forward) up
         # to dynamo's recompile limit (8): the jobs of a sweep run in one process would
@@ -190,9 +188,8 @@ def _fit_and_test(
         **{key: float(value) for key, value in {**val_metrics, **test_metrics}.items()},
     }
     if trainer.is_global_zero:  # under DDP every process has the same, synchronised summary
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        print_summary(summary)
+        write_report(run_dir, summary, table=summary_table(summary),
+                     lines=[f"Run directory: {summary['run_dir']}"])  # fmt: skip
     return summary
 
 
@@ -301,22 +298,16 @@ def _hparams_diff(path: str, model: L.LightningModule) -> str:
     return "; ".join(differing) or "different layer shapes"
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def summary_table(summary: dict[str, Any]) -> ResultTable:
     """The end-of-run table: the model next to the gray baseline on the test split."""
-
-    def cell(key: str) -> str:
-        value = summary.get(key)
-        return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-    table = Table(title=f"{summary['model']} on {summary['data']} (test split, sRGB in [0, 1])")
-    table.add_column("")
-    for name in SUMMARY_METRICS:
-        table.add_column(name.upper().replace("DELTA_", "Δ"), justify="right")
-    table.add_row(summary["model"], *(cell(f"test/{name}") for name in SUMMARY_METRICS))
-    table.add_row("gray baseline", *(cell(f"test/gray_{name}") for name in SUMMARY_METRICS))
-    console = Console()
-    console.print(table)
-    console.print(f"Run directory: {summary['run_dir']}", soft_wrap=True)
+    table = ResultTable(
+        f"{summary['model']} on {summary['data']} (test split, sRGB in [0, 1])",
+        ["", *(METRIC_COLUMNS[name] for name in SUMMARY_METRICS)],
+    )
+    for label, prefix in ((summary["model"], ""), ("gray baseline", "gray_")):
+        values = (cell(summary.get(f"test/{prefix}{name}")) for name in SUMMARY_METRICS)
+        table.add_row(label, *values)
+    return table
 
 
 def train_for_sweep(cfg: DictConfig) -> float | None:

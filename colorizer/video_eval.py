@@ -17,9 +17,7 @@ Writes ``metrics.json`` (``video/psnr``, ``video/flow_psnr``, ``video/gray_psnr`
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from colorizer.color import rgb_to_lab
 from colorizer.console import image_progress
@@ -43,7 +40,9 @@ from colorizer.inference import (
     resolve_device,
 )
 from colorizer.metrics import psnr_per_image
+from colorizer.models.spec import check_size_option
 from colorizer.photo_files import VIDEO_EXTENSIONS
+from colorizer.report import ResultTable, cell, markdown_report, write_report
 from colorizer.video import FrameColorizer, VideoError, decode_frames
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,10 @@ DEFINITIONS = (
 def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path`` on the colour videos ``cfg.videos`` names; returns metrics.json."""
     require_int("batch_size", cfg.batch_size)
-    require_int("video_size", cfg.video_size)
+    check_size_option("size", cfg.size)
     device = resolve_device(str(cfg.device))
     network = open_network(str(cfg.ckpt_path), "auto", device)
+    size = network.spec.working_size(cfg.size)
     paths = video_files(str(cfg.videos))
     psnr: dict[str, list[float]] = {name: [] for name in ROWS if name != "truth"}
     flicker: dict[str, list[float]] = {name: [] for name in ROWS}
@@ -82,7 +82,7 @@ def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
             except VideoError as err:
                 skipped[str(path)] = err.reason
                 continue
-            meter = score_clip(network, frames, cfg.video_size, cfg.batch_size, psnr)
+            meter = score_clip(network, frames, size, cfg.batch_size, psnr)
             for name, error in meter.errors().items():
                 flicker[name].append(error)
             cuts[str(path)], pairs = meter.cuts, pairs + meter.pairs
@@ -95,7 +95,7 @@ def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
         "model": network.name,
         "checkpoint": str(Path(str(cfg.ckpt_path)).resolve()),
         "videos": str(cfg.videos),
-        "video_size": cfg.video_size,
+        "size": size,
         "num_videos": len(cuts),
         "num_frames": len(psnr["model"]),
         "num_frame_pairs": pairs,
@@ -107,18 +107,9 @@ def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
         if name in psnr:
             summary[f"video/{prefix}psnr"] = float(np.mean(psnr[name]))
         summary[f"video/{prefix}warping_error"] = float(np.mean(flicker[name]))
-    output_dir = Path(str(cfg.paths.output_dir))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = [output_dir / "metrics.json", output_dir / "report.md"]
-    written[0].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    written[1].write_text(video_report(summary))
-    table = Table(title=f"{summary['num_videos']} videos, {summary['num_frames']} frames",
-                  caption=DEFINITIONS)  # fmt: skip
-    for i, column in enumerate(("", "PSNR (dB)", "warping error")):
-        table.add_column(column, justify="right" if i else "left")
-    for row in _rows(summary):
-        table.add_row(*row)
-    console.print(table, *(f"Wrote {p}" for p in written), sep="\n")
+    table = video_table(summary)
+    write_report(Path(str(cfg.paths.output_dir)), summary, table=table,
+                 markdown=video_report(summary, table), console=console)  # fmt: skip
     return summary
 
 
@@ -167,31 +158,25 @@ def chroma_of(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(rgb_to_lab(image[None])[0, 1:].permute(1, 2, 0).cpu().numpy())
 
 
-def video_report(summary: dict[str, Any]) -> str:
-    """report.md: per frame, temporal=flow, gray baseline and truth; the definitions."""
-    lines = [
-        f"# {summary['model']}: flicker and PSNR on {summary['num_videos']} videos",
-        "",
-        f"Checkpoint `{summary['checkpoint']}`; {summary['num_frames']} frames, "
-        f"{summary['num_frame_pairs']} frame pairs within shots; working size "
-        f"{summary['video_size']}.",
-        "",
-        "| | PSNR (dB) | warping error |",
-        "|---|---:|---:|",
-        *("| " + " | ".join(row) + " |" for row in _rows(summary)),
-        "",
-        DEFINITIONS,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _rows(summary: dict[str, Any]) -> list[list[str]]:
-    rows = []
+def video_table(summary: dict[str, Any]) -> ResultTable:
+    """Per frame, temporal=flow, gray baseline and truth: PSNR and warping error."""
+    table = ResultTable(f"{summary['num_videos']} videos, {summary['num_frames']} frames",
+                        ["", "PSNR (dB)", "warping error"], caption=DEFINITIONS)  # fmt: skip
     for prefix, label in ROWS.values():
-        psnr = summary.get(f"video/{prefix}psnr", math.nan)
-        error = summary[f"video/{prefix}warping_error"]
-        rows.append([label, "-" if math.isnan(psnr) else f"{psnr:.2f}", f"{error:.3f}"])
-    return rows
+        psnr = summary.get(f"video/{prefix}psnr")
+        table.add_row(label, cell(psnr, 2), cell(summary[f"video/{prefix}warping_error"], 3))
+    return table
+
+
+def video_report(summary: dict[str, Any], table: ResultTable) -> str:
+    """report.md: the table and the definitions."""
+    return markdown_report(
+        f"{summary['model']}: flicker and PSNR on {summary['num_videos']} videos",
+        f"Checkpoint `{summary['checkpoint']}`; {summary['num_frames']} frames, "
+        f"{summary['num_frame_pairs']} frame pairs within shots; working size {summary['size']}.",
+        table,
+        [DEFINITIONS],
+    )
 
 
 def camera_move(

@@ -15,9 +15,11 @@ from PIL import Image, ImageOps
 from skimage.color import lab2rgb, rgb2lab
 
 
-def colorize(model_path: str, photo_path: str, output_path: str, size: int = 256) -> None:
+def colorize(model_path: str, photo_path: str, output_path: str, size: int | None = None) -> None:
     session = ort.InferenceSession(model_path, providers=ort.get_available_providers())
     meta = session.get_modelmeta().custom_metadata_map
+    # The working size: by default the size the model was trained at (older exports: 256).
+    size = size or int(meta.get("colorizer.image_size") or 256)
     l_scale, ab_scale = float(meta["colorizer.l_scale"]), float(meta["colorizer.ab_scale"])
     multiple = int(meta["colorizer.size_multiple"])
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from colorizer.bench import bench
 from colorizer.bench.training import SameBatch, plain_step
-from tests.conftest import SMALL_MODELS
+from tests.helpers import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
 BRIEF += ["video.frames=3", "video.width=64", "video.height=48", "video.size=32"]

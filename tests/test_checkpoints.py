@@ -19,7 +19,7 @@ import torch
 from colorizer.checkpoints import BackgroundCheckpointIO, LastCheckpoint
 from colorizer.errors import CheckpointWriteError, ConfigError
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = "+callbacks.probe._target_=tests.test_checkpoints.WriteProbe"
@@ -91,19 +91,6 @@ class PoisonFrom(L.Callback):
             trainer.strategy.checkpoint_io.wait()  # the previous last.ckpt, complete
             digest.write_text(_sha256(self.dirpath / "last.ckpt"))
         return {"poison": Unpicklable()}
-
-
-class StepFile(L.Callback):
-    """Writes the optimizer step of every finished training batch to ``dirpath/step``
-    (replaced whole, so a reader never sees half a number)."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        temporary = self.dirpath / "step.tmp"
-        temporary.write_text(str(trainer.global_step))
-        os.replace(temporary, self.dirpath / "step")
 
 
 def _sha256(path: Path) -> str:
@@ -231,11 +218,11 @@ def test_sigterm_saves_the_step_training_stopped_at(make_cfg, tmp_path):
         "data.image_size=32", "logger=none", "trainer.accelerator=cpu",
         "trainer.val_check_interval=1000", "callbacks.last.every_n_train_steps=5",
     ]  # fmt: skip
-    probe = ["+callbacks.steps._target_=tests.test_checkpoints.StepFile",
+    probe = ["+callbacks.steps._target_=tests.helpers.StepFile",
              "+callbacks.steps.dirpath=${paths.output_dir}"]  # fmt: skip
     command = [sys.executable, "-m", "colorizer.run", *overrides, *probe,
                "trainer.max_steps=100000", f"hydra.run.dir={run}"]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}  # for tests.helpers
     env.pop("HYDRA_FULL_ERROR", None)
     with (tmp_path / "stderr.txt").open("w") as stderr:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,

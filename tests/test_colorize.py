@@ -13,8 +13,9 @@ from colorizer.colorize import colorize
 from colorizer.errors import ConfigError
 from colorizer.inference import ChromaNetwork, TorchNetwork, colorize_full_resolution, working_shape
 from colorizer.models import load_model
+from colorizer.models.spec import ModelSpec
 from colorizer.photo_files import find_jobs, output_name
-from tests.conftest import SMALL_MODELS, assert_one_line_error
+from tests.helpers import SMALL_MODELS, assert_one_line_error, colourful
 
 GOOD = {
     # name in the input folder -> (upright width, height) the output must have
@@ -27,14 +28,6 @@ GOOD = {
 }
 BAD = {"broken/truncated.jpg": "truncated or corrupt", "broken/empty.jpg": "empty file"}
 BAD |= {"broken/notes.png": "not an image"}
-
-
-def colourful(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """uint8 [H, W, 3]: smooth hues plus noise, like a photo's chroma over texture."""
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    rgb = np.stack([x, y, 1 - (x + y) / 2], axis=-1) * 200
-    rgb += np.random.default_rng(seed).uniform(0, 55, (height, width, 3))
-    return rgb.astype(np.uint8)
 
 
 def write_photo_folder(root: Path) -> None:
@@ -244,7 +237,7 @@ def test_a_failing_batch_is_retried_photo_by_photo(make_cfg, tmp_path, checkpoin
 class StripedChroma(ChromaNetwork):
     """A fixed-size (512²) stand-in network whose chroma is one-pixel stripes of a = ±0.5."""
 
-    name, input_size, size_multiple, device = "striped", 512, 1, torch.device("cpu")
+    spec, device = ModelSpec("striped", input_size=512), torch.device("cpu")
 
     def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
         stripes = (torch.arange(l_norm.shape[-1]) % 2 * 2 - 1).float() * 0.5

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from colorizer.errors import ConfigError
 from colorizer.evaluate import evaluate
 from colorizer.models import load_model
 from colorizer.run import train
-from tests.conftest import SMALL_MODELS
+from tests.helpers import SMALL_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,20 +74,6 @@ def test_sync_batchnorm_needs_gpus(make_cfg):
         train(cfg)
 
 
-class FlipProbe(L.Callback):
-    """Writes, per process, which images of each training batch the device augmentation
-    flipped: ``flips-rank{R}.jsonl``, one ``[step, [flipped?, ...]]`` line per batch."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        flip = trainer.datamodule.augmentation.ops[0]  # kornia keeps its last draw in _params
-        flipped = flip._params["batch_prob"].tolist()
-        with (self.dirpath / f"flips-rank{trainer.global_rank}.jsonl").open("a") as log:
-            log.write(json.dumps([trainer.global_step, flipped]) + "\n")
-
-
 def _flips(run: Path, rank: int) -> dict[int, list[bool]]:
     lines = (run / f"flips-rank{rank}.jsonl").read_text().splitlines()
     return {step: flipped for step, flipped in map(json.loads, lines)}
@@ -102,12 +87,12 @@ def test_each_process_draws_its_own_randomness_and_resumes_it_exactly(
     processes must flip differently (one seed each), and a run stopped after step 4 (mid-epoch
     2) and resumed must end with the weights of the run that was not stopped, having drawn,
     in each process, the same flips at steps 5 and 6."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the processes import FlipProbe from tests/
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the processes import FlipProbe from tests.helpers
     args = [
         *SMALL_MODELS["alpha"], *DDP, "data.num_train=24", "+data.augment.hflip=true",
         "trainer.deterministic=true", "trainer.max_steps=-1", "trainer.max_epochs=2",
         "trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1",
-        "+callbacks.flips._target_=tests.test_ddp.FlipProbe",
+        "+callbacks.flips._target_=tests.helpers.FlipProbe",
         "+callbacks.flips.dirpath=${paths.output_dir}",
     ]  # fmt: skip
     for run, extra in (

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from colorizer.errors import DataError, require_int
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from colorizer.registry import MODELS
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 MISTAKES = {
     "unknown config choice": (["model=nope"], "Could not find 'model/nope'"),
@@ -42,20 +43,28 @@ def test_mistake_in_a_sweep_is_one_line_before_any_job(main_of, tmp_path, sweep,
     assert not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("name", ["alpha", "beta", "fullcnn"])
+@pytest.mark.parametrize("name", MODELS.names())
 def test_a_training_size_the_model_cannot_take_is_one_line_before_any_data(main_of, name):
-    result = main_of("colorizer.run", *SMALL_MODELS[name], *QUICK, "data.image_size=100")
+    cls = MODELS.get(name)
+    multiple = cls(**cls.small_settings).spec.training_multiple
+    size = 3 * multiple + multiple // 2  # between two sides it takes
+    result = main_of("colorizer.run", *SMALL_MODELS[name], *QUICK, f"data.image_size={size}")
     assert_one_line_error(
-        result, f"model={name} trains on sides that are multiples of 8", "data.image_size=100",
-        "use data.image_size=96 or 104",
+        result, f"model={name} trains on sides that are multiples of {multiple}",
+        f"data.image_size={size}", f"use data.image_size={3 * multiple} or {4 * multiple}",
     )  # fmt: skip
     assert "training " not in result.stdout  # refused before any data or training
 
 
+def test_a_plain_cnn_at_100_names_96_and_104(main_of):
+    result = main_of("colorizer.run", "model=alpha", *QUICK, "data.image_size=100")
+    assert_one_line_error(result, "multiples of 8", "use data.image_size=96 or 104")
+
+
 def test_a_gan_size_says_the_multiple_and_the_depth(main_of):
     result = main_of("colorizer.run", *SMALL_MODELS["gan"], *QUICK, "data.image_size=100")
-    assert_one_line_error(result, "model=gan trains on sides that are multiples of 64",
-                          "use data.image_size=64 or 128", "or a smaller model.depth")  # fmt: skip
+    assert_one_line_error(result, "model=gan trains on sides that are multiples of 32",
+                          "use data.image_size=96 or 128", "or a smaller model.depth")  # fmt: skip
 
 
 def test_empty_dataset_says_so(main_of, tmp_path):

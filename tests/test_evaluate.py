@@ -14,11 +14,13 @@ from PIL import Image
 
 from colorizer.cli import CONFIG_DIR
 from colorizer.data.curated import CuratedDataModule
+from colorizer.data.evaluation import eval_dataset, stack_by_size
 from colorizer.error_lines import describe
 from colorizer.errors import ConfigError
-from colorizer.evaluate import eval_dataset, evaluate, perceptual_metrics, stack_by_size
+from colorizer.evaluate import evaluate
+from colorizer.metrics import perceptual_metrics
 from colorizer.run import train
-from tests.conftest import QUICK, assert_one_line_error
+from tests.helpers import QUICK, assert_one_line_error
 
 SKIPPED = "FID, LPIPS: skipped (weights not available locally: "
 # Small and quick; the 16 test images fit trainer=debug's 2 test batches, so all are tested.
@@ -86,7 +88,7 @@ def test_test_split_reproduces_the_training_runs_test_metrics(
     assert Image.open(run / "samples.png").size == (3 * 34 + 2, 8 * 34 + 2)
 
 
-@pytest.mark.parametrize("size_option", ["data.image_size=256", "native=true"])
+@pytest.mark.parametrize("size_option", ["size=256", "native=true"])
 def test_split_all_evaluates_every_image_in_the_folder_uncropped(
     trained, make_cfg, tmp_path, no_local_weights, size_option
 ):
@@ -132,9 +134,13 @@ def test_perceptual_metrics_are_skipped_without_local_weights(no_local_weights, 
     assert f"LPIPS: no alexnet-owt-7be5be79.pth in {tmp_path / 'torch' / 'hub'}" in skipped
 
 
-def test_split_all_needs_a_folder(trained, make_cfg):
+def test_split_all_is_every_image_of_a_folder_source(trained, make_cfg):
     cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "split=all", config_name="evaluate")
-    with pytest.raises(ConfigError, match="set data.root=DIR"):
+    summary = evaluate(cfg)  # no data.root: the nine embedded photos, train, val and test alike
+    assert (summary["split"], summary["num_images"], summary["image_size"]) == ("all", 9, 32)
+    cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "split=all", "data=synthetic",
+                   config_name="evaluate")  # fmt: skip
+    with pytest.raises(ConfigError, match="split=all needs a folder of images"):
         evaluate(cfg)
 
 

@@ -15,8 +15,7 @@ from colorizer.errors import ConfigError
 from colorizer.export import export
 from colorizer.inference import OnnxNetwork
 from colorizer.models import load_model
-from tests.conftest import SMALL_MODELS, assert_one_line_error
-from tests.test_colorize import colourful
+from tests.helpers import SMALL_MODELS, assert_one_line_error, colourful
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deploy_onnx.py"
 

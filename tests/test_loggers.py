@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from wandb.proto import wandb_internal_pb2
 
 from colorizer.run import train
-from tests.conftest import QUICK
+from tests.helpers import QUICK
 
 WANDB_BLOCK = 32768  # W&B run files use LevelDB's log format: 32 KiB blocks of records
 

@@ -6,7 +6,7 @@ import torch
 
 from colorizer.errors import TrainingDiverged
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 
 class LearningRateJump(L.Callback):

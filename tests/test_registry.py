@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 import colorizer
 from colorizer.cli import CONFIG_DIR
 from colorizer.errors import ConfigError
+from colorizer.models.spec import ModelSpec
 from colorizer.registry import DATA_SOURCES, MODELS, Registry
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
-from tests.models.test_all_models import LEARNING
+from tests.helpers import QUICK, assert_one_line_error, colourful
 
 README = (CONFIG_DIR.parent / "README.md").read_text()
 
@@ -35,7 +36,11 @@ def _colon(dotted: str) -> str:
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_has_a_config_test_settings_and_a_readme_row(name):
     assert _config_target("model", name) == _dotted(MODELS.target(name))
-    assert name in SMALL_MODELS and name in LEARNING  # what the model tests sweep over
+    # Its small settings, which the tests train (SMALL_MODELS): keys of its config, and a model.
+    cls = MODELS.get(name)
+    config = yaml.safe_load((CONFIG_DIR / "model" / f"{name}.yaml").read_text())
+    assert set(cls.small_settings) <= set(config) - {"_target_", "_convert_"}, cls.small_settings
+    assert isinstance(cls(**cls.small_settings), cls)
     assert re.search(rf"^\| `{name}`( \(default\))? \|", README, re.MULTILINE), "README Models"
 
 
@@ -165,8 +170,17 @@ def test_a_model_and_a_data_source_of_another_package_train_end_to_end(
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (summary["model"], summary["data"], summary["global_step"]) == ("toy", "toy", 4)
 
+    assert "training toy:" in result.stdout  # its registered name, not its module's file name
     model = colorizer.load_model(summary["best_checkpoint"])
     assert type(model).__qualname__ == "ToyColorizer" and not model.training
+    assert model.spec == ModelSpec("toy", size_multiple=1, input_size=None, image_size=32)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(colourful(40, 52)).save(photo)
+    coloured = main_of("colorizer.colorize", f"ckpt_path={summary['best_checkpoint']}",
+                       f"input={photo}", "output=out", "hydra.run.dir=colorize")  # fmt: skip
+    assert coloured.returncode == 0, coloured.stderr[-3000:]
+    done = json.loads((tmp_path / "colorize" / "summary.json").read_text())
+    assert (done["model"], done["size"], done["colorized"]) == ("toy", 32, 1)
     evaluated = main_of(
         "colorizer.evaluate", f"ckpt_path={summary['best_checkpoint']}", "data=toy",
         "hydra.searchpath=[pkg://toyplug.conf]", "device=cpu", "hydra.run.dir=evaluation",

@@ -13,7 +13,7 @@ import torch
 from colorizer.errors import ConfigError
 from colorizer.models.alpha import AlphaColorizer
 from colorizer.run import resume_from, train
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 # Epoch-based, deterministic, with worker processes and device augmentation (flips), so
 # the order, the crops and the flips must all be restored for the runs to agree.

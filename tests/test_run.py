@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 METRICS_KEYS = {
     "val/psnr", "val/mse", "test/psnr", "test/mse", "test/ssim", "test/cf", "test/delta_cf",

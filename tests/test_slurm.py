@@ -11,31 +11,13 @@ import pytest
 import submitit
 from hydra.utils import instantiate
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from colorizer.run import _strategy_for
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class PreemptOnce(Callback):
-    """Sends this process submitit's pre-emption signal after ``step`` steps, in a run that
-    did not resume (so the requeued run goes on to the end); the run that resumes writes the
-    step it resumed at to ``resumed_step`` in its run directory."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_start(self, trainer, *args) -> None:
-        if trainer.ckpt_path is not None:
-            (Path(trainer.default_root_dir) / "resumed_step").write_text(str(trainer.global_step))
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and trainer.ckpt_path is None:
-            os.kill(os.getpid(), submitit.JobEnvironment._usr_sig())
 
 
 def test_slurm_launcher_asks_for_one_task_and_gpu_per_device(make_cfg, tmp_path, monkeypatch):
@@ -86,13 +68,13 @@ def test_under_slurm_lightning_leaves_requeue_to_submitit(make_cfg, monkeypatch)
 
 @pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_from_its_last_checkpoint(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs import PreemptOnce from tests/
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs import PreemptOnce from tests.helpers
     result = cli(
             "colorizer.run", "--multirun", "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=30",
             *SMALL_MODELS["alpha"], *QUICK, "trainer.max_steps=12",
             "trainer.val_check_interval=12",
-            "+callbacks.preempt._target_=tests.test_slurm.PreemptOnce",
+            "+callbacks.preempt._target_=tests.helpers.PreemptOnce",
             "+callbacks.preempt.step=6", "seed=1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ import torch._dynamo
 
 from colorizer.evaluate import evaluate
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS
+from tests.helpers import QUICK, SMALL_MODELS
 
 FLAGS = ["compile=true", "channels_last=true", "trainer.precision=bf16-mixed"]
 # 32 test images: trainer=debug's 2 test batches of 16 cover them all, as evaluate does.

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from colorizer import registry
 from colorizer.cli import CONFIG_DIR
-from tests.conftest import QUICK
+from tests.helpers import QUICK
 
 SWEEPS = sorted(path.stem for path in (CONFIG_DIR / "sweep").glob("*.yaml"))
 MODELS = registry.MODELS.names()

@@ -24,7 +24,7 @@ from colorizer.inference import full_lightness, open_network
 from colorizer.run import train
 from colorizer.video import FrameColorizer, decode_frames, write_video
 from colorizer.video_eval import camera_move, chroma_of
-from tests.conftest import QUICK
+from tests.helpers import QUICK
 
 SHAPE = (96, 128)  # frames of 128 x 96 px
 SHOT = 8  # frames per shot; the cut is at frame 8
@@ -161,7 +161,7 @@ def test_flow_halves_flicker_keeps_psnr_and_stops_at_the_cut(
     clip.parent.mkdir()
     write_video(clip, two_shots, rate=RATE)
     cfg = make_cfg(f"ckpt_path={flickery_alpha}", f"videos={clip.parent}",
-                   "video_size=64", "batch_size=8", config_name="evaluate")  # fmt: skip
+                   "size=64", "batch_size=8", config_name="evaluate")  # fmt: skip
     summary = evaluate(cfg)
     assert summary["cuts"] == {str(clip): [SHOT]}  # the cut, and no pan or zoom step
     assert (summary["num_frames"], summary["num_frame_pairs"]) == (16, 14)

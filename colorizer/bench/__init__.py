@@ -36,7 +36,6 @@ Writes ``bench.json`` to the run directory and prints a table. The measurements 
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import statistics
@@ -48,8 +47,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 
 from colorizer.bench.data_path import data_rates
 from colorizer.bench.end_to_end import end_to_end_rates
@@ -67,6 +64,7 @@ from colorizer.cli import run_app
 from colorizer.data.base import ImageDataModule
 from colorizer.errors import require_int
 from colorizer.registry import DATA_SOURCES, MODELS
+from colorizer.report import ResultTable, write_report
 
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
@@ -77,7 +75,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     probe = make_model(cfg)
-    probe.check_image_size(datamodule.image_size)
+    probe.set_training_size(datamodule.image_size)
     datamodule.prepare_data()
     datamodule.setup("fit")
     batches = iter(datamodule.train_dataloader())
@@ -134,22 +132,18 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         f"threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    _print(result, output_dir / "bench.json")
+    write_report(Path(cfg.paths.output_dir), result, json_name="bench.json", table=_table(result))
     return result
 
 
-def _print(result: dict[str, Any], path: Path) -> None:
+def _table(result: dict[str, Any]) -> ResultTable:
     title = f"{result['model']} on {result['data']}, {result['device']}, {result['precision']}"
-    table = Table(title=f"{title}, {result['image_size']}², batch {result['batch_size']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    table = ResultTable(f"{title}, {result['image_size']}², batch {result['batch_size']}",
+                        ["measure", "value"])  # fmt: skip
     for key, value in result.items():
         if isinstance(value, float):
             table.add_row(key, f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}")
-    Console().print(table, f"Wrote {path}", sep="\n")
+    return table
 
 
 def main() -> None:

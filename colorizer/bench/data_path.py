@@ -48,6 +48,7 @@ def data_rates(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
     needed = (cfg.warmup + cfg.data_batches) * datamodule.batch_size
     reference_paths = originals.train_set.paths
     reference_paths = reference_paths * math.ceil(needed / len(reference_paths))
+    # The published loader's own settings (shuffled, last batch dropped), not ours.
     reference = DataLoader(
         PerSampleLabDataset(reference_paths, datamodule.image_size),
         batch_size=datamodule.batch_size,

@@ -26,6 +26,7 @@ def video_rates(
     if not cfg.video.frames:
         return {}
     network = TorchNetwork(model, device, bf16=bf16)
+    size = network.spec.working_size(cfg.video.size, "video.size")
     shape = (cfg.video.height, cfg.video.width)
     film = Path(cfg.paths.output_dir) / "bench_film.mp4"
     film.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,7 @@ def video_rates(
     runs: dict[str, list[float]] = {"none": [], "flow": []}
     for repeat in range(cfg.video.repeats):
         for temporal in list(runs) if repeat % 2 == 0 else reversed(runs):
-            colorizer = FrameColorizer(network, cfg.video.size, temporal)
+            colorizer = FrameColorizer(network, size, temporal)
             colorizer([batch[0]])  # warm-up, outside the timing
             start = synchronized_time(device)
             frames = colorize_video(film, film.with_stem("bench_out"), colorizer,
@@ -44,4 +45,5 @@ def video_rates(
         "video_flow_frames_per_s": statistics.median(runs["flow"]),
         "video_runs_frames_per_s": runs,
         "video_shape": f"{cfg.video.width}x{cfg.video.height}, {cfg.video.frames} frames",
+        "video_size": size,
     }

@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 from colorizer.data.augment import DeviceAugmentation
 from colorizer.data.cache import reduce_to_area
 from colorizer.data.images import SkippedImage, load_rgb
+from colorizer.data.loaders import image_loader
 from colorizer.data.stream import (
     ShuffledStream,
     StreamPlan,
@@ -384,14 +385,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(dataset, batch_size=self.batch_size, persistent=self.num_workers > 0)
 
     def _loader(self, dataset: Dataset[torch.Tensor], batch_size: int | None, persistent: bool):
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            # Each new iterator draws its workers' base seed from this generator: a fixed one
-            # makes them reproducible, and keeps loaders (validation's, the training stream
-            # of a resumed run) from drawing on the global generator that augmentation uses.
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=persistent,
-        )
+        # Seeded: validation's loader and a resumed run's training stream must not draw on the
+        # global generator that augmentation uses.
+        return image_loader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                            seed=self.seed, persistent=persistent)  # fmt: skip

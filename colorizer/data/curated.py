@@ -139,16 +139,29 @@ class CuratedDataModule(ImageDataModule):
         """
         if self.root is None:
             return self._embedded_splits()
-        if not self.root.exists():
-            raise DataError(
-                f"data.root={self.root} does not exist: point data.root at a folder of "
-                "images, or leave it unset for the embedded default"
-            )
-        if not self.root.is_dir():
-            raise DataError(f"data.root={self.root} is a file: point it at a folder of images")
+        self._check_root(self.root)
         if (self.root / "train").is_dir():
             return self._split_subfolders(self.root)
         return self._split_one_folder(self.root, list_image_files(self.root), "all")
+
+    def all_images(self) -> list[Path]:
+        """Every usable image of the source, validated once, with no split (what
+        ``colorizer.evaluate split=all`` scores)."""
+        if self.root is None:
+            splits = self._embedded_splits()
+            return [path for split in SPLITS for path in splits[split]]
+        self._check_root(self.root)
+        return self._scan(self.root, list_image_files(self.root), "all")
+
+    @staticmethod
+    def _check_root(root: Path) -> None:
+        if not root.exists():
+            raise DataError(
+                f"data.root={root} does not exist: point data.root at a folder of "
+                "images, or leave it unset for the embedded default"
+            )
+        if not root.is_dir():
+            raise DataError(f"data.root={root} is a file: point it at a folder of images")
 
     def _embedded_splits(self) -> dict[str, list[Path]]:
         directory = embedded_photo_dir()

@@ -12,6 +12,7 @@ import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -24,6 +25,7 @@ from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import frozen
 from colorizer.models.backbones import load_into, load_pretrained, read_state_dict
 from colorizer.models.blocks import conv_stack
+from colorizer.models.spec import SPEC_KEY, ModelSpec
 from colorizer.registry import MODELS
 
 OPTIMIZERS = {
@@ -77,6 +79,8 @@ class ColorizationModule(L.LightningModule):
         input_size: the fixed working size of the network (None: fully convolutional).
         size_multiple: for fully convolutional nets, the factor H and W must be divisible by.
         allow_bf16: see below.
+        small_settings: hyperparameters of a small but real instance of the architecture, for
+            quick trials on a few CPU cores (the test suite trains each model with them).
     """
 
     input_size: int | None = None
@@ -84,6 +88,7 @@ class ColorizationModule(L.LightningModule):
     # Parts that tolerate it (fullcnn's frozen classifier) may run in bfloat16 where the
     # device computes it natively; colorizer.export turns this off (ONNX graphs are float32).
     allow_bf16: bool = True
+    small_settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0):
         super().__init__()
@@ -93,6 +98,7 @@ class ColorizationModule(L.LightningModule):
             choices = ", ".join(sorted(OPTIMIZERS))
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
         self.save_hyperparameters()
+        self.trained_image_size: int | None = None
         self.weight_sources: dict[str, str] = {}
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._first_nonfinite: dict[str, torch.Tensor] = {}
@@ -139,23 +145,18 @@ class ColorizationModule(L.LightningModule):
             if not any(parameter.requires_grad for parameter in module.parameters())
         }
 
-    def check_image_size(self, size: int, key: str = "data.image_size") -> None:
-        """Refuse, in one line naming the nearest sizes that work, a training size the network
-        cannot take: sides a multiple of its fixed input size or of its stride product.
+    @property
+    def spec(self) -> ModelSpec:
+        """Its registry name, geometry and the size it was trained at (``ModelSpec``)."""
+        name = MODELS.name_of(type(self)) or type(self).__qualname__
+        return ModelSpec(name, self.size_multiple, self.input_size, self.trained_image_size)
 
-        Called before any data is read (inference takes any size: ``predict_ab`` resizes or
-        pads; training feeds crops to the network as they are).
-        """
-        multiple = self.input_size or self.size_multiple
-        if size % multiple == 0:
-            return
-        below = size - size % multiple
-        nearest = f"{below} or {below + multiple}" if below else f"{multiple}"
-        name = MODELS.name_of(type(self)) or type(self).__name__
-        raise ConfigError(
-            f"model={name} trains on sides that are multiples of {multiple}: {key}={size} is "
-            f"not one; use {key}={nearest}{self.size_hint()}"
-        )
+    def set_training_size(self, size: int, key: str = "data.image_size") -> None:
+        """Record the crop side it trains at (saved in checkpoints with the spec), refusing in
+        one line a side the network cannot take. ``colorizer.run`` calls this before any data
+        is read (inference takes any size: ``predict_ab`` resizes or pads)."""
+        self.spec.check_training_size(size, key, self.size_hint())
+        self.trained_image_size = size
 
     def size_hint(self) -> str:
         """More to say when a size is refused (a model with a size setting names it)."""
@@ -275,9 +276,12 @@ class ColorizationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets colorizer.load_model rebuild the right class without Hydra or the config.
         checkpoint["colorizer_model"] = f"{type(self).__module__}:{type(self).__qualname__}"
+        checkpoint[SPEC_KEY] = self.spec.to_dict()
         frozen.strip(checkpoint, self.frozen_parts(), self._fingerprints)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.trained_image_size is None:  # a resumed run keeps the size it trains at now
+            self.trained_image_size = trained_size(checkpoint)
         modules = {what: module for what, (module, _, _) in self.pretrained_parts().items()}
         restored = frozen.restore(checkpoint, modules, self._load_weights_file)
         # Parts not referenced were stored in the checkpoint: it is their source from now on.
@@ -303,6 +307,16 @@ class PlainCNNColorizer(ColorizationModule):
 
     def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
         return self.net(l_norm)
+
+
+def trained_size(checkpoint: dict) -> int | None:
+    """The crop side a checkpoint's model was trained at: its spec's, or for checkpoints
+    written before the spec, its datamodule's ``image_size``; None if neither says."""
+    saved = checkpoint.get(SPEC_KEY) or {}
+    size = saved.get("image_size") or (checkpoint.get("datamodule_hyper_parameters") or {}).get(
+        "image_size"
+    )
+    return int(size) if size else None
 
 
 def triplets(batch: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ python=${PYTHON:-.venv/bin/python}
 for name in alpha beta fullcnn gan; do
   ckpt=$1
   shift
-  "$python" -m colorizer.evaluate "ckpt_path=$ckpt" "videos=$out/clips" video_size=256 \
+  "$python" -m colorizer.evaluate "ckpt_path=$ckpt" "videos=$out/clips" size=256 \
     batch_size=8 device=cpu "hydra.run.dir=$out/flicker_$name" > "$out/flicker_$name.log" 2>&1
   grep -o '"video/[a-z_]*": [0-9.]*' "$out/flicker_$name/metrics.json" | tr '\n' ' '
   echo "<- $name"

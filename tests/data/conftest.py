@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-
-def colour_photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A smooth, clearly colourful RGB image (smooth so JPEG keeps it close to the original)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    freq = rng.uniform(0.5, 2.0, size=(3, 2))
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    channels = [
-        0.5 + 0.45 * np.sin(2 * np.pi * (fx * x + fy * y) + p)
-        for (fx, fy), p in zip(freq, phase, strict=True)
-    ]
-    return Image.fromarray((np.stack(channels, axis=-1) * 255).astype(np.uint8))
-
-
-def truncated_jpeg_bytes(size: int = 128) -> bytes:
-    """The first half of a valid JPEG: what an interrupted download leaves behind."""
-    buffer = BytesIO()
-    colour_photo(size, size, seed=99).save(buffer, "JPEG", quality=90)
-    data = buffer.getvalue()
-    return data[: len(data) // 2]
+from tests.helpers import colour_photo, truncated_jpeg_bytes
 
 
 @pytest.fixture

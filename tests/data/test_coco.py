@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from colorizer.data import CocoDataModule, DataError
-from tests.conftest import COCO_TRAIN_LABELS
+from tests.helpers import COCO_TRAIN_LABELS
 
 
 def _ids(paths: list[Path]) -> set[int]:

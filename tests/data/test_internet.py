@@ -28,8 +28,7 @@ from colorizer.data.internet import InternetDataModule
 from colorizer.data.url_cache import failure_reason, read_outcomes
 from colorizer.data.url_guard import guarded_opener
 from colorizer.run import train
-from tests.data.conftest import colour_photo, truncated_jpeg_bytes
-from tests.data.image_server import ImageServer, Response
+from tests.helpers import ImageServer, Response, colour_photo, truncated_jpeg_bytes
 
 TIMEOUT = 2.0  # seconds; the slow route answers only after SLOW
 SLOW = 5.0

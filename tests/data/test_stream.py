@@ -17,7 +17,7 @@ from colorizer.data.base import ImageFileDataset
 from colorizer.data.stream import ShuffledStream, StreamPlan, batches_per_epoch, plan_stream
 from colorizer.errors import ConfigError
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS
+from tests.helpers import QUICK, SMALL_MODELS
 
 
 class Keys(Dataset):

@@ -12,7 +12,7 @@ from colorizer.errors import ConfigError
 from colorizer.models import load_model
 from colorizer.models.blocks import count_parameters
 from colorizer.run import train
-from tests.conftest import QUICK, SMALL_MODELS, assert_one_line_error
+from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 TINY = SMALL_MODELS["fullcnn"]  # a small timm classifier: the mechanism does not depend on which
 
