@@ -34,6 +34,7 @@ from colorizer.console import image_progress
 from colorizer.data.loaders import image_loader
 from colorizer.error_lines import is_out_of_memory, one_line
 from colorizer.errors import ConfigError, require_int
+from colorizer.hints import HintError, PixelHint, read_hints_file
 from colorizer.inference import (
     PRECISIONS,
     ChromaNetwork,
@@ -76,10 +77,11 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         network = open_network(str(cfg.ckpt_path), str(cfg.backend), device, bf16=bf16)
     device = network.device
     size = network.spec.working_size(cfg.size)
-    if network.input_size is not None and size != network.input_size:
+    if network.input_size is not None and cfg.size not in (None, network.input_size):
         log.warning("%s works at %d px only; size=%s is not used", network.name,
                     network.input_size, cfg.size)  # fmt: skip
     jobs = find_jobs(str(cfg.input), Path(str(cfg.output)), cfg.format)
+    hints, unmatched = _hints_of(cfg.get("hints"), network, jobs)
     failed = clashing_targets(jobs)  # costs those files only; the others are written
     skipped: dict[Path, str] = {}
     if not cfg.overwrite:
@@ -122,6 +124,12 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
                 elif cfg.color_inputs == "skip" and item["colour"]:
                     skipped[job.source] = "colour photo (color_inputs=skip)"
                 else:
+                    height, width = item["image"].shape[-2:]
+                    try:
+                        item["hints"] = [h.in_photo(width, height) for h in hints.get(job.name, [])]
+                    except HintError as err:
+                        failed[job.source] = f"hints: {err}"
+                        continue
                     photos.append((job, item))
                     recoloured += item["colour"]
             colorized, errors = _colorize_batch(network, photos, size)
@@ -151,6 +159,9 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         "seconds": round(seconds, 3),
         "images_per_s": _rate(done, photo_seconds),
         "videos": len(videos),
+        "hints_file": None if cfg.get("hints") is None else str(cfg.hints),
+        "hinted_photos": sum(bool(hints.get(job.name)) for job in todo if job.source not in failed),
+        "hints_unmatched": unmatched,
         "frames": frames,
         "frames_per_s": _rate(frames, seconds - photo_seconds),
         "output": str(Path(str(cfg.output)).resolve()),
@@ -184,8 +195,10 @@ def _colorize_batch(
     """Colorize a batch: (job, item, uint8 output) of those that worked, errors of the others."""
     if not photos:
         return [], {}
+    images = [item["image"] for _, item in photos]
+    hints = [item.get("hints", []) for _, item in photos]
     try:
-        outputs = colorize_full_resolution(network, [item["image"] for _, item in photos], size)
+        outputs = colorize_full_resolution(network, images, size, hints if any(hints) else None)
     except (RuntimeError, MemoryError) as err:
         if len(photos) == 1:
             return [], {photos[0][0]: _describe_failure(err)}
@@ -197,6 +210,28 @@ def _colorize_batch(
             failed |= one_failed
         return done, failed
     return [(job, item, out) for (job, item), out in zip(photos, outputs, strict=True)], {}
+
+
+def _hints_of(
+    path: str | None, network: ChromaNetwork, jobs: list[Job]
+) -> tuple[dict[str, list[PixelHint]], list[str]]:
+    """The hints file's points by photo name, and the names it gives that are no photo of
+    the input (videos take no hints)."""
+    if path is None:
+        return {}, []
+    hints = read_hints_file(path)
+    if not network.spec.hints:
+        raise ConfigError(
+            f"hints={path}, but model={network.name} takes no hints: use a model trained "
+            "with model.hints=true"
+        )
+    photos = {job.name for job in jobs if not job.is_video}
+    unmatched = sorted(name for name in hints if name not in photos)
+    if unmatched:
+        listed = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        log.warning("hints=%s names %d photos that are not in the input: %s",
+                    path, len(unmatched), listed)  # fmt: skip
+    return hints, unmatched
 
 
 def _colorize_videos(

@@ -20,6 +20,7 @@ with ``temporal=flow`` and for the gray baseline (``colorizer.video_eval``).
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,13 @@ from colorizer.data.base import ImageFileDataset
 from colorizer.data.evaluation import SPLITS, datamodule_as_trained, eval_dataset, stack_by_size
 from colorizer.data.loaders import image_loader
 from colorizer.errors import ConfigError, require_int
+from colorizer.hint_eval import (
+    HintCurve,
+    hint_counts,
+    hint_section,
+    hint_table,
+    plot_hint_curve,
+)
 from colorizer.inference import resolve_device
 from colorizer.metrics import (
     METRIC_COLUMNS,
@@ -64,9 +72,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split={split} is not one of: {', '.join(SPLITS)}")
     require_int("batch_size", cfg.batch_size)
     check_size_option("size", cfg.size)
+    counts = hint_counts(cfg.get("hints"))
     device = resolve_device(str(cfg.device))
     L.seed_everything(cfg.seed, verbose=False)
     model = load_model(cfg.ckpt_path).to(device)
+    curve = HintCurve(counts, split, cfg.seed, device)
+    curve.check(model)
     checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     build = functools.partial(instantiate, cfg.data, image_size=model.spec.working_size(cfg.size))
     datamodule = datamodule_as_trained(
@@ -91,6 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 gray, prediction, truth = (images.contiguous() for images in triplets.unbind(1))
                 update_metrics(model_scores, prediction, truth)
                 update_metrics(gray_scores, gray, truth)
+                curve.update(model, batch.to(device))
                 need = cfg.num_images_in_grid - len(grid_rows)
                 if need > 0 and (not grid_rows or triplets.shape[1:] == grid_rows[0].shape):
                     grid_rows.extend(triplets[:need].cpu())
@@ -99,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         scores = [
             (f"{split}/{key}", m) for s in (model_scores, gray_scores) for key, m in s.items()
         ]
-        values = {key: computed_or_nan(metric) for key, metric in scores}
+        values = {key: computed_or_nan(metric) for key, metric in scores} | curve.results()
     summary: dict[str, Any] = {
         "model": MODELS.name_or_fail(model),
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -109,6 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_images": num_images,
         "device": str(device),
         "skipped_metrics": skipped,
+        "hint_counts": counts,
         **values,
     }
     output_dir = Path(cfg.paths.output_dir)
@@ -121,8 +134,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         extra_files.append(output_dir / "samples.png")
         save_image(triplet_grid(torch.stack(grid_rows)), extra_files[-1])
     table = score_table(summary)
+    markdown, tables = report(summary, table), [table]
+    if counts:
+        extra_files.append(output_dir / "hints.png")
+        plot_hint_curve(summary, counts, extra_files[-1])
+        tables.append(hint_table(summary, counts))
+        markdown += hint_section(tables[-1])
     write_report(
-        output_dir, summary, table=table, markdown=report(summary, table),
+        output_dir, summary, table=tables, markdown=markdown,
         lines=[skipped] if skipped else [], also_wrote=extra_files, console=console,
     )  # fmt: skip
     return summary
@@ -168,7 +187,16 @@ def report(summary: dict[str, Any], table: ResultTable) -> str:
 
 
 def main() -> None:
+    # hints=0,1,2 is a list of counts here; Hydra would read a bare comma list as a sweep.
+    sys.argv = [_as_list(arg, "hints=") for arg in sys.argv]
     run_app(evaluate, config_name="evaluate")
+
+
+def _as_list(arg: str, prefix: str) -> str:
+    value = arg.removeprefix(prefix)
+    if arg.startswith(prefix) and "," in value and not value.startswith("["):
+        return f"{prefix}[{value}]"
+    return arg
 
 
 if __name__ == "__main__":

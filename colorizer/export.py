@@ -17,6 +17,7 @@ printed. Exit status 1 if it exceeds ``tolerance``.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from omegaconf import DictConfig
 
 from colorizer.cli import run_app
 from colorizer.errors import ConfigError
-from colorizer.inference import ONNX_INPUT, ONNX_OUTPUT, OnnxNetwork, onnx_metadata
+from colorizer.hints import random_hints
+from colorizer.inference import ONNX_HINTS, ONNX_INPUT, ONNX_OUTPUT, OnnxNetwork, onnx_metadata
 from colorizer.models import ColorizationModule, load_model
+from colorizer.report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +51,26 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         input_size = _round_to(size, spec.size_multiple)
     working = input_size or _round_to(size, spec.size_multiple)
     example = torch.rand(2, 1, working, working) * 2 - 1
-    program = torch.onnx.export(
-        model,
-        (example,),
-        input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
-        dynamic_shapes={"l_norm": _dynamic_dims(model, fixed=input_size is not None)},
-        opset_version=cfg.opset,
-        dynamo=True,
-        verbose=False,
-    )
+    dims = _dynamic_dims(model, fixed=input_size is not None)
+    inputs, names, shapes = (example,), [ONNX_INPUT], {"l_norm": dims}
+    if spec.hints:  # a second input: the hint map (zeros where there is no hint)
+        inputs += (example_hints(example, torch.Generator().manual_seed(1)),)
+        names.append(ONNX_HINTS)
+        shapes["hints"] = dims
+    with warnings.catch_warnings():
+        # l_norm and hints share their dimensions, as they must; the exporter notes that the
+        # second input's axis names are then unused.
+        warnings.filterwarnings("ignore", message=r"# The axis name")
+        program = torch.onnx.export(
+            model,
+            inputs,
+            input_names=names,
+            output_names=[ONNX_OUTPUT],
+            dynamic_shapes=shapes,
+            opset_version=cfg.opset,
+            dynamo=True,
+            verbose=False,
+        )
     exported = replace(spec, input_size=input_size)  # a fixed-size export says so
     program.model.metadata_props.update(onnx_metadata(exported, Path(cfg.ckpt_path).name))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +83,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "input_size": input_size,
         "size_multiple": spec.size_multiple,
         "image_size": spec.image_size,
+        "hints": spec.hints,
         "opset": cfg.opset,
         "max_abs_difference": max_difference,
         "tolerance": cfg.tolerance,
@@ -77,8 +91,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     shape = (
         f"{input_size} x {input_size}" if input_size else f"H, W multiples of {spec.size_multiple}"
     )
-    print(f"Wrote {output} ({summary['megabytes']} MB): {summary['model']}, input [B, 1, {shape}]")
-    print(f"onnxruntime vs PyTorch on random input: max |difference| = {max_difference:.3g}")
+    inputs = f"[B, 1, {shape}]" + (" and hints [B, 3, same]" if spec.hints else "")
+    lines = [
+        f"Exported {summary['model']} ({summary['megabytes']} MB), input {inputs}",
+        f"onnxruntime vs PyTorch on random input: max |difference| = {max_difference:.3g}",
+    ]
+    write_report(Path(str(cfg.paths.output_dir)), summary, json_name="export.json",
+                 lines=lines, also_wrote=[output])  # fmt: skip
     return summary
 
 
@@ -108,9 +127,17 @@ def verify(model: ColorizationModule, path: Path, working: int, dynamic: bool) -
     difference = 0.0
     for shape in shapes:
         l_norm = torch.rand(shape, generator=generator) * 2 - 1
-        expected = model(l_norm).float()
-        difference = max(difference, (network(l_norm) - expected).abs().max().item())
+        hints = example_hints(l_norm, generator) if model.takes_hints else None
+        expected = model(l_norm, hints).float()
+        difference = max(difference, (network(l_norm, hints) - expected).abs().max().item())
     return difference
+
+
+def example_hints(l_norm: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random hint map ``[B, 3, H, W]`` for ``l_norm``'s shape: eight patches an image."""
+    fake_ab = torch.rand(l_norm.shape[0], 2, *l_norm.shape[2:], generator=generator) * 2 - 1
+    counts = torch.full((l_norm.shape[0],), 8)
+    return random_hints(fake_ab, counts, 8, 5, generator=generator)
 
 
 def _cli(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ normalised ab ``[B, 2, h, w]`` float32 in [-1, 1], with the geometry the network
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 
 from colorizer.color import AB_SCALE, L_SCALE, merge_lab, normalize_l, rgb_to_lab
 from colorizer.errors import ConfigError
+from colorizer.hints import HINT_CHANNELS, HintPoint
 from colorizer.models import ColorizationModule, load_model
 from colorizer.models.base import predict_ab_with
 from colorizer.models.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "32", "bf16")
-ONNX_INPUT, ONNX_OUTPUT = "l_norm", "ab_norm"
+ONNX_INPUT, ONNX_HINTS, ONNX_OUTPUT = "l_norm", "hints", "ab_norm"
 # ONNX metadata keys (all prefixed "colorizer."): what a deployment needs besides the graph.
 META = "colorizer."
 
@@ -61,14 +63,22 @@ class ChromaNetwork:
     def input_size(self) -> int | None:
         return self.spec.input_size
 
-    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+    def __call__(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised ab for normalised L of any size (resized or padded as the net needs)."""
+    def predict_ab(
+        self, l_norm: torch.Tensor, hints: Sequence[Sequence[HintPoint]] | None = None
+    ) -> torch.Tensor:
+        """Normalised ab for normalised L of any size (resized or padded as the net needs),
+        with each image's hints (a hint-taking network only)."""
+        if hints is not None and not any(hints):
+            hints = None
+        if hints is not None and not self.spec.hints:
+            raise ConfigError(f"model={self.name} takes no hints: train it with model.hints=true")
         return predict_ab_with(
-            self, l_norm, input_size=self.spec.input_size, size_multiple=self.spec.size_multiple
-        )
+            self, l_norm, input_size=self.spec.input_size, size_multiple=self.spec.size_multiple,
+            hints=hints,
+        )  # fmt: skip
 
 
 class TorchNetwork(ChromaNetwork):
@@ -79,9 +89,9 @@ class TorchNetwork(ChromaNetwork):
         self.spec = model.spec
         self.device, self.bf16 = device, bf16
 
-    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+    def __call__(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model(l_norm).float()
+            return (self.model(l_norm) if hints is None else self.model(l_norm, hints)).float()
 
 
 class OnnxNetwork(ChromaNetwork):
@@ -102,8 +112,12 @@ class OnnxNetwork(ChromaNetwork):
         self.spec = ModelSpec.from_dict({**metadata, "name": metadata["model"]})
         self.device = device
 
-    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+    def __call__(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
         inputs = {ONNX_INPUT: l_norm.detach().float().cpu().numpy()}
+        if self.spec.hints:  # the graph always takes the hint map; zeros: no hint
+            if hints is None:
+                hints = l_norm.new_zeros(l_norm.shape[0], HINT_CHANNELS, *l_norm.shape[2:])
+            inputs[ONNX_HINTS] = hints.detach().float().cpu().numpy()
         (ab,) = self.session.run([ONNX_OUTPUT], inputs)
         return torch.from_numpy(ab).to(l_norm.device)
 
@@ -121,6 +135,13 @@ def onnx_metadata(spec: ModelSpec, source: str) -> dict:
         f"{META}input_size": "" if spec.input_size is None else str(spec.input_size),
         f"{META}size_multiple": str(spec.size_multiple),
         f"{META}image_size": "" if spec.image_size is None else str(spec.image_size),
+        f"{META}hints": "true" if spec.hints else "false",
+        f"{META}hints_input": (
+            f"{ONNX_HINTS}: float32 [B, 3, H, W], hint a and b / {AB_SCALE:g} where channel 2 "
+            "(the mask) is 1, zeros elsewhere"
+            if spec.hints
+            else ""
+        ),
     }
 
 
@@ -170,7 +191,10 @@ def working_shape(height: int, width: int, size: int, input_size: int | None) ->
 
 @torch.no_grad()
 def colorize_full_resolution(
-    network: ChromaNetwork, images: list[torch.Tensor], size: int
+    network: ChromaNetwork,
+    images: list[torch.Tensor],
+    size: int,
+    hints: Sequence[Sequence[HintPoint]] | None = None,
 ) -> list[torch.Tensor]:
     """Colorize photos of any sizes, each at its own full resolution.
 
@@ -179,12 +203,13 @@ def colorize_full_resolution(
         images: uint8 ``[3, H, W]`` sRGB (a gray photo has R = G = B); colour is ignored,
             only each photo's luminance is used.
         size: the working size (``working_shape``).
+        hints: for a hint-taking network, each photo's ``HintPoint`` list (None: no hints).
 
     Returns:
         uint8 ``[3, H, W]`` sRGB on the CPU, each the size of its input, with its L.
     """
     lightness = full_lightness(images, network.device)
-    chroma = working_chroma(network, lightness, size)
+    chroma = working_chroma(network, lightness, size, hints)
     pairs = zip(lightness, chroma, strict=True)
     return [merge_full_resolution(l_full, ab)[0] for l_full, ab in pairs]
 
@@ -198,7 +223,10 @@ def full_lightness(images: list[torch.Tensor], device: torch.device) -> list[tor
 
 @torch.no_grad()
 def working_chroma(
-    network: ChromaNetwork, lightness: list[torch.Tensor], size: int
+    network: ChromaNetwork,
+    lightness: list[torch.Tensor],
+    size: int,
+    hints: Sequence[Sequence[HintPoint]] | None = None,
 ) -> list[torch.Tensor]:
     """Normalised ab ``[1, 2, h, w]`` in [-1, 1] of each normalised L ``[1, 1, H, W]``, at its
     working shape ``(h, w)`` (``working_shape``); images sharing one share a forward pass."""
@@ -208,7 +236,8 @@ def working_chroma(
     chroma: dict[int, torch.Tensor] = {}
     for shape, members in groups.items():
         small = torch.cat([resize_planes(lightness[i], shape) for i in members])
-        for i, ab in zip(members, network.predict_ab(small).split(1), strict=True):
+        group_hints = [hints[i] for i in members] if hints is not None else None
+        for i, ab in zip(members, network.predict_ab(small, group_hints).split(1), strict=True):
             chroma[i] = ab
     return [chroma[i] for i in range(len(lightness))]
 

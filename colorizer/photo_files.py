@@ -43,10 +43,12 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class Job:
-    """One photo or video to colorize: where it is read from and written to."""
+    """One photo or video to colorize: where it is read from and written to, and its name:
+    its path relative to the input folder (or the glob's base), as a hints file names it."""
 
     source: Path
     target: Path
+    name: str = ""
 
     @property
     def is_video(self) -> bool:
@@ -85,7 +87,10 @@ def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
         kinds = " ".join(sorted(INPUT_EXTENSIONS))
         raise ConfigError(f"input={pattern} holds no image or video files ({kinds})")
     jobs = _distinct_targets(
-        [Job(f, output / output_name(f.relative_to(base), fmt)) for f in files]
+        [
+            Job(f, output / output_name(f.relative_to(base), fmt), f.relative_to(base).as_posix())
+            for f in files
+        ]
     )
     for job in jobs:
         if job.target.resolve() == job.source.resolve():
@@ -101,7 +106,7 @@ def _distinct_targets(jobs: list[Job]) -> list[Job]:
     ``palette.gif.png`` beside ``palette.png``."""
     sharing = Counter(job.target for job in jobs)
     return [
-        Job(job.source, job.target.with_name(job.source.name + job.target.suffix))
+        Job(job.source, job.target.with_name(job.source.name + job.target.suffix), job.name)
         if sharing[job.target] > 1 and job.source.suffix.lower() != job.target.suffix.lower()
         else job
         for job in jobs

@@ -68,14 +68,14 @@ def write_report(
     results: dict[str, Any],
     *,
     json_name: str = "metrics.json",
-    table: ResultTable | None = None,
+    table: ResultTable | Sequence[ResultTable] | None = None,
     markdown: str | None = None,
     lines: Iterable[str] = (),
     also_wrote: Iterable[Path] = (),
     console: Console | None = None,
 ) -> list[Path]:
     """Write ``results`` as ``run_dir/json_name`` (and ``markdown`` as report.md), then print
-    ``table``, ``lines`` and one ``Wrote PATH`` line per file (``also_wrote``: files the
+    ``table`` (or tables), ``lines`` and one ``Wrote PATH`` line per file (``also_wrote``: files the
     application wrote itself). Returns the files listed."""
     run_dir.mkdir(parents=True, exist_ok=True)
     written = [run_dir / json_name]
@@ -85,8 +85,8 @@ def write_report(
         written[-1].write_text(markdown)
     written += list(also_wrote)
     console = console or Console()
-    if table is not None:
-        console.print(table.rich())
+    for each in [table] if isinstance(table, ResultTable) else table or []:
+        console.print(each.rich())
     for line in [*lines, *(f"Wrote {path}" for path in written)]:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     return written

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from colorizer.cli import CONFIG_DIR
-from tests.helpers import QUICK, SMALL_MODELS, write_tiny_coco
+from tests.helpers import QUICK, SMALL_MODELS, train_run, write_tiny_coco
 
 # Under pytest-xdist (`make test` runs 2 workers), each worker and the processes its tests start
 # get their share of the cores: OpenMP threads spinning on more threads than cores slow
@@ -49,23 +49,13 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def checkpoint_of(tmp_path_factory):
     """``checkpoint_of("gan")``: last.ckpt of a small model trained 4 steps by colorizer.run."""
-    from colorizer.run import train  # deferred: collection stays light
 
     made: dict[str, Path] = {}
 
     def make(name: str) -> Path:
         if name not in made:
             run = tmp_path_factory.mktemp(f"checkpoint-{name}")
-            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-                overrides = [*SMALL_MODELS[name], *QUICK]
-                cfg = compose("config", overrides=overrides, return_hydra_config=True)
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(run)
-            HydraConfig.instance().set_config(cfg)
-            try:
-                train(cfg)
-            finally:
-                HydraConfig.instance().cfg = None
+            train_run(run, [*SMALL_MODELS[name], *QUICK])
             made[name] = run / "checkpoints" / "last.ckpt"
         return made[name]
 

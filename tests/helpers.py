@@ -283,3 +283,24 @@ class StepFile(L.Callback):
         temporary = self.dirpath / "step.tmp"
         temporary.write_text(str(trainer.global_step))
         os.replace(temporary, self.dirpath / "step")
+
+
+def train_run(run_dir: Path, overrides: list[str]) -> dict:
+    """Compose ``conf/config.yaml`` with ``overrides`` as ``@hydra.main`` would, and train it
+    with ``colorizer.run.train`` into ``run_dir``; returns metrics.json's content."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from colorizer.cli import CONFIG_DIR
+    from colorizer.run import train
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -6,13 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
-from colorizer.cli import CONFIG_DIR
 from colorizer.data.curated import CuratedDataModule
 from colorizer.data.evaluation import eval_dataset, stack_by_size
 from colorizer.error_lines import describe
@@ -20,7 +16,7 @@ from colorizer.errors import ConfigError
 from colorizer.evaluate import evaluate
 from colorizer.metrics import perceptual_metrics
 from colorizer.run import train
-from tests.helpers import QUICK, assert_one_line_error
+from tests.helpers import QUICK, assert_one_line_error, train_run
 
 SKIPPED = "FID, LPIPS: skipped (weights not available locally: "
 # Small and quick; the 16 test images fit trainer=debug's 2 test batches, so all are tested.
@@ -30,16 +26,7 @@ SYNTHETIC = ["data.image_size=32", "data.batch_size=8", "data.num_val=8", "data.
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """A tiny alpha trained on synthetic data by colorizer.run: its metrics.json content."""
-    run = tmp_path_factory.mktemp("train")
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", ["model=alpha", *QUICK, *SYNTHETIC], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-    HydraConfig.instance().set_config(cfg)
-    try:
-        return train(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
+    return train_run(tmp_path_factory.mktemp("train"), ["model=alpha", *QUICK, *SYNTHETIC])
 
 
 @pytest.fixture

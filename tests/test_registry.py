@@ -194,5 +194,6 @@ def test_a_model_and_a_data_source_of_another_package_train_end_to_end(
 def test_the_installed_commands_are_the_entry_points():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     for command, module in [("train", "run"), ("evaluate", "evaluate"), ("colorize", "colorize"),
-                            ("export", "export"), ("bench", "bench")]:  # fmt: skip
+                            ("export", "export"), ("bench", "bench"),
+                            ("serve", "serve")]:  # fmt: skip
         assert scripts[f"colorizer-{command}"] == f"colorizer.{module}:main"

@@ -30,14 +30,16 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
     return state["state_dict"]
 
 
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path):
-    whole = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", "hydra.run.dir=unused"))
+@pytest.mark.parametrize("hints", [False, True])  # hints are drawn like the augmentation
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, hints):
+    args = [*EPOCHS, f"model.hints={hints}"]
+    whole = train(make_cfg(*args, "trainer.max_epochs=2", "hydra.run.dir=unused"))
     whole_weights = final_weights(tmp_path / "run")
     (tmp_path / "run").rename(tmp_path / "whole")
 
-    first = train(make_cfg(*EPOCHS, "trainer.max_epochs=1"))
+    first = train(make_cfg(*args, "trainer.max_epochs=1"))
     assert first["global_step"] == whole["global_step"] // 2
-    resumed = train(make_cfg(*EPOCHS, "trainer.max_epochs=2", "ckpt_path=last"))
+    resumed = train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
     assert resumed["global_step"] == whole["global_step"]
     for key in ("val/psnr", "val/loss", "test/psnr", "test/mse", "test/cf"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key

@@ -8,23 +8,18 @@ import av
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from PIL import Image
 from skimage import data
 from skimage.color import rgb2lab
 
-from colorizer.cli import CONFIG_DIR
 from colorizer.colorize import colorize
 from colorizer.errors import ConfigError
 from colorizer.evaluate import evaluate
 from colorizer.flow import FlickerMeter, lightness_u8
 from colorizer.inference import full_lightness, open_network
-from colorizer.run import train
 from colorizer.video import FrameColorizer, decode_frames, write_video
 from colorizer.video_eval import camera_move, chroma_of
-from tests.helpers import QUICK
+from tests.helpers import QUICK, train_run
 
 SHAPE = (96, 128)  # frames of 128 x 96 px
 SHOT = 8  # frames per shot; the cut is at frame 8
@@ -54,15 +49,7 @@ def two_shots() -> list[torch.Tensor]:
 def flickery_alpha(tmp_path_factory) -> Path:
     """The best checkpoint of a small alpha that colours, trained by colorizer.run."""
     run = tmp_path_factory.mktemp("flickery-alpha")
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", FLICKERY, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-    HydraConfig.instance().set_config(cfg)
-    try:
-        return Path(train(cfg)["best_checkpoint"])
-    finally:
-        HydraConfig.instance().cfg = None
+    return Path(train_run(run, FLICKERY)["best_checkpoint"])
 
 
 def beep(seconds: float, rate: int = 16000) -> tuple[torch.Tensor, int]:

@@ -9,6 +9,10 @@ learn stays visibly wrong:
 - discs are always red, squares always blue (both darker than any background, so they
   stand out in grayscale), patches of horizontal stripes are always yellow (alternating
   bright and dark shades of it).
+
+``colours="random"`` draws each scene's five colours at random instead: the same shapes and
+textures, but colour no longer follows from them, so only hints (``colorizer.hints``) can
+tell it: the data on which a hint-taking model shows what hints are worth.
 """
 
 from __future__ import annotations
@@ -46,12 +50,18 @@ def scene_seed(seed: int, split: str, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # fits torch's signed 64-bit seeds
 
 
-def render_scene(generator: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+COLOURS = ("fixed", "random")
+
+
+def render_scene(
+    generator: torch.Generator, size: int, colours: str = "fixed"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one scene.
 
     Args:
         generator: the only source of randomness, so a seed fixes the scene.
         size: side S in pixels.
+        colours: ``fixed`` (each kind its own colour) or ``random`` (drawn per scene).
 
     Returns:
         image: uint8 ``[3, S, S]`` RGB in [0, 255].
@@ -61,6 +71,9 @@ def render_scene(generator: torch.Generator, size: int) -> tuple[torch.Tensor, t
     ys = torch.arange(size, dtype=torch.float32).view(-1, 1)
     xs = torch.arange(size, dtype=torch.float32).view(1, -1)
     u = torch.rand(8, generator=g).tolist()
+    palette = CLASS_COLOURS
+    if colours == "random":  # drawn after u, so fixed-colour scenes stay as they were
+        palette = 0.1 + 0.85 * torch.rand(len(SCENE_CLASSES), 3, generator=g)
 
     background = GRASS if u[0] < 0.5 else SAND
     if background == GRASS:
@@ -73,7 +86,7 @@ def render_scene(generator: torch.Generator, size: int) -> tuple[torch.Tensor, t
         grain = torch.rand(size, size, generator=g) - 0.5
         texture = 1.0 + 0.06 * torch.sin(ripples + phase) + 0.03 * grain
     brightness = 0.85 + 0.25 * u[4]
-    image = CLASS_COLOURS[background].view(3, 1, 1) * (brightness * texture)
+    image = palette[background].view(3, 1, 1) * (brightness * texture)
     labels = torch.full((size, size), background, dtype=torch.int64)
 
     stripe_width = max(2, size // 20)  # 3 px at 64: visible, several per patch
@@ -93,7 +106,7 @@ def render_scene(generator: torch.Generator, size: int) -> tuple[torch.Tensor, t
             bright_row = torch.div(dy + radius, stripe_width, rounding_mode="floor") % 2 == 0
             bright = 0.85 + 0.15 * shade_u
             tone = torch.where(bright_row, bright, _DARK_STRIPE * bright)
-        image = torch.where(mask, CLASS_COLOURS[kind].view(3, 1, 1) * tone, image)
+        image = torch.where(mask, palette[kind].view(3, 1, 1) * tone, image)
         labels = torch.where(mask, kind, labels)
 
     # Mild sensor noise so no region is perfectly flat.
@@ -106,8 +119,11 @@ class SyntheticScenes(Dataset[torch.Tensor]):
     """``length`` scenes of one split; item i is uint8 ``[3, S, S]``, a pure function of
     ``(seed, split, i)``, rendered on demand in the worker."""
 
-    def __init__(self, split: str, length: int, size: int, seed: int) -> None:
+    def __init__(
+        self, split: str, length: int, size: int, seed: int, colours: str = "fixed"
+    ) -> None:
         self.split, self.length, self.size, self.seed = split, length, size, seed
+        self.colours = colours
 
     def __len__(self) -> int:
         return self.length
@@ -117,11 +133,13 @@ class SyntheticScenes(Dataset[torch.Tensor]):
         if not 0 <= index < self.length:
             raise IndexError(f"scene {index} out of range for {self.length} scenes")
         generator = torch.Generator().manual_seed(scene_seed(self.seed, self.split, index))
-        return render_scene(generator, self.size)[0]
+        return render_scene(generator, self.size, self.colours)[0]
 
 
 class SyntheticDataModule(ImageDataModule):
     """Synthetic colour scenes (see module docstring). Batches: uint8 ``[B, 3, S, S]``, RGB."""
+
+    source_settings = ("colours",)  # other colours: other images
 
     def __init__(
         self,
@@ -133,15 +151,19 @@ class SyntheticDataModule(ImageDataModule):
         num_test: int = 64,
         seed: int = 42,
         augment: Mapping[str, Any] | None = None,
+        colours: str = "fixed",
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
+        if colours not in COLOURS:
+            raise DataError(f"data.colours={colours!r} is not one of: {', '.join(COLOURS)}")
+        self.colours = colours
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             require_int(f"data.{name}", value, error=DataError)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set, self.val_set, self.test_set = (
-            SyntheticScenes(split, length, self.image_size, self.seed)
+            SyntheticScenes(split, length, self.image_size, self.seed, self.colours)
             for split, length in self.sizes.items()
         )

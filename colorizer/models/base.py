@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from colorizer.color import gray_baseline, luminance_of, merge_lab, split_lab
 from colorizer.errors import ConfigError
+from colorizer.hints import HINT_CHANNELS, HintPoint, HintSampling, hint_map, simulated_hints
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import frozen
 from colorizer.models.backbones import load_into, load_pretrained, read_state_dict
@@ -42,11 +43,12 @@ EVAL_STAGES = ("val", "test")
 
 
 def predict_ab_with(
-    network: Callable[[torch.Tensor], torch.Tensor],
+    network: Callable[..., torch.Tensor],
     l_norm: torch.Tensor,
     *,
     input_size: int | None,
     size_multiple: int,
+    hints: Sequence[Sequence[HintPoint]] | None = None,
 ) -> torch.Tensor:
     """Normalised ab ``[B, 2, H, W]`` float32 from ``network`` for L ``[B, 1, H, W]`` of any size.
 
@@ -54,22 +56,33 @@ def predict_ab_with(
     resized back (chroma is smooth, so little is lost); a fully convolutional one sees L padded
     to a multiple of its stride product (``size_multiple``), and the padding is cropped off.
     ``network`` is a model or an exported one (``colorizer.inference.OnnxNetwork``).
+    ``hints`` (one ``HintPoint`` list per image, in fractions of the image) are drawn at the
+    size the network sees; the padding has none.
     """
     height, width = l_norm.shape[-2:]
+
+    def run(l_seen: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        if hints is None:
+            return network(l_seen).float()
+        hint_seen = hint_map(hints, shape, l_seen.device)
+        pad = (l_seen.shape[-2] - shape[0], l_seen.shape[-1] - shape[1])
+        hint_seen = F.pad(hint_seen, (0, pad[1], 0, pad[0]))  # no hint in the padding
+        return network(l_seen, hint_seen).float()
+
     if input_size is not None:
         working = (input_size, input_size)
         if (height, width) == working:
-            return network(l_norm).float()
+            return run(l_norm, working)
         small = F.interpolate(l_norm, size=working, mode="bilinear", antialias=True)
         # antialias: when the image is smaller than the working size, each output pixel
         # averages the chroma it covers (only shrinking is affected; enlarging is unchanged).
-        ab = network(small).float()
+        ab = run(small, working)
         return F.interpolate(ab, size=(height, width), mode="bilinear", antialias=True)
     pad_h = math.ceil(height / size_multiple) * size_multiple - height
     pad_w = math.ceil(width / size_multiple) * size_multiple - width
     if pad_h or pad_w:
         l_norm = F.pad(l_norm, (0, pad_w, 0, pad_h), mode="replicate")
-    return network(l_norm).float()[..., :height, :width]
+    return run(l_norm, (height, width))[..., :height, :width]
 
 
 class ColorizationModule(L.LightningModule):
@@ -90,7 +103,14 @@ class ColorizationModule(L.LightningModule):
     allow_bf16: bool = True
     small_settings: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0):
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        hints: bool = False,
+        hint_sampling: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise ConfigError(f"model.lr must be a positive number, got {lr!r}")
@@ -98,6 +118,8 @@ class ColorizationModule(L.LightningModule):
             choices = ", ".join(sorted(OPTIMIZERS))
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {choices}")
         self.save_hyperparameters()
+        self.takes_hints = bool(hints)
+        self.hint_sampling = HintSampling(**(hint_sampling or {}))
         self.trained_image_size: int | None = None
         self.weight_sources: dict[str, str] = {}
         self._fingerprints: dict[tuple[str, str], str] = {}
@@ -107,9 +129,29 @@ class ColorizationModule(L.LightningModule):
             self.metrics[stage] = colorization_metrics().clone(prefix=f"{stage}/")
             self.metrics[f"{stage}_gray"] = colorization_metrics().clone(prefix=f"{stage}/gray_")
 
-    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised L ``[B, 1, H, W]`` -> normalised ab ``[B, 2, H, W]``."""
+    def forward(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised L ``[B, 1, H, W]`` (and, for a hint-taking model, a hint map
+        ``[B, 3, H, W]``, ``colorizer.hints``; None: no hint) -> normalised ab ``[B, 2, H, W]``."""
         raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network's input: L, plus the hint map for a hint-taking model."""
+        return 1 + HINT_CHANNELS * self.takes_hints
+
+    def network_input(self, l_norm: torch.Tensor, hints: torch.Tensor | None) -> torch.Tensor:
+        """What the first layer sees: L ``[B, 1, H, W]``, or L and the hint map (zeros when
+        there is no hint) ``[B, 4, H, W]``."""
+        if not self.takes_hints:
+            return l_norm
+        if hints is None:
+            shape = (l_norm.shape[0], HINT_CHANNELS, *l_norm.shape[2:])
+            hints = l_norm.new_zeros(shape)
+        return torch.cat([l_norm, hints.to(l_norm.dtype)], dim=1)
+
+    def training_hints(self, ab_norm: torch.Tensor) -> torch.Tensor | None:
+        """Simulated hints of a training batch's truth (None for a model without hints)."""
+        return simulated_hints(ab_norm, self.hint_sampling) if self.takes_hints else None
 
     def pretrained_parts(self) -> dict[str, tuple[nn.Module, str | None, bool]]:
         """Submodules that start from pretrained weights: config prefix -> (module, file, download).
@@ -149,7 +191,9 @@ class ColorizationModule(L.LightningModule):
     def spec(self) -> ModelSpec:
         """Its registry name, geometry and the size it was trained at (``ModelSpec``)."""
         name = MODELS.name_of(type(self)) or type(self).__qualname__
-        return ModelSpec(name, self.size_multiple, self.input_size, self.trained_image_size)
+        return ModelSpec(
+            name, self.size_multiple, self.input_size, self.trained_image_size, self.takes_hints
+        )
 
     def set_training_size(self, size: int, key: str = "data.image_size") -> None:
         """Record the crop side it trains at (saved in checkpoints with the spec), refusing in
@@ -225,7 +269,10 @@ class ColorizationModule(L.LightningModule):
         """The loss Lightning's automatic optimization minimises, for uint8 ``[B, 3, H, W]``
         (also what a plain PyTorch loop calls, as ``colorizer.bench`` does)."""
         l_norm, ab_norm = split_lab(batch)
-        return F.mse_loss(self(l_norm).float(), ab_norm)
+        hints = self.training_hints(ab_norm)
+        # A model of another package may predate hints: its forward then takes L alone.
+        prediction = self(l_norm) if hints is None else self(l_norm, hints)
+        return F.mse_loss(prediction.float(), ab_norm)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -250,22 +297,43 @@ class ColorizationModule(L.LightningModule):
         self.log_dict(self.metrics[f"{stage}_gray"], batch_size=batch_size)
         return prediction
 
-    def predict_ab(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size."""
+    def predict_ab(
+        self, l_norm: torch.Tensor, hints: Sequence[Sequence[HintPoint]] | None = None
+    ) -> torch.Tensor:
+        """Normalised ab ``[B, 2, H, W]`` for normalised L ``[B, 1, H, W]`` of any size, with
+        each image's hints (``HintPoint`` lists) if any."""
         return predict_ab_with(
-            self, l_norm, input_size=self.input_size, size_multiple=self.size_multiple
-        )
+            self, l_norm, input_size=self.input_size, size_multiple=self.size_multiple,
+            hints=self.checked_hints(hints, l_norm.shape[0]),
+        )  # fmt: skip
+
+    def checked_hints(
+        self, hints: Sequence[Sequence[HintPoint]] | None, batch: int
+    ) -> Sequence[Sequence[HintPoint]] | None:
+        """``hints`` if this model takes them (one list per image); a ConfigError otherwise."""
+        if hints is None or not any(hints):
+            return None
+        if not self.takes_hints:
+            raise ConfigError(
+                f"model={self.spec.name} takes no hints: train it with model.hints=true"
+            )
+        if len(hints) != batch:
+            raise ValueError(f"{len(hints)} hint lists for {batch} images")
+        return hints
 
     @torch.no_grad()
-    def colorize(self, images: torch.Tensor) -> torch.Tensor:
+    def colorize(
+        self, images: torch.Tensor, hints: Sequence[Sequence[HintPoint]] | None = None
+    ) -> torch.Tensor:
         """Colorize float images in [0, 1], ``[B, 1 or 3, H, W]`` -> sRGB ``[B, 3, H, W]``.
 
         RGB input is reduced to its luminance first; the output keeps the input's L (colours
-        outside the sRGB gamut are desaturated, not clipped) and its size. Call ``eval()``
+        outside the sRGB gamut are desaturated, not clipped) and its size. ``hints``: for a
+        hint-taking model, one list of ``colorizer.hints.HintPoint`` per image. Call ``eval()``
         first (``load_model`` does).
         """
         l_norm = luminance_of(images.to(self.device))
-        return merge_lab(l_norm, self.predict_ab(l_norm), keep_lightness=True)
+        return merge_lab(l_norm, self.predict_ab(l_norm, hints), keep_lightness=True)
 
     @torch.no_grad()
     def sample_triplets(self, batch: torch.Tensor) -> torch.Tensor:
@@ -301,12 +369,19 @@ class PlainCNNColorizer(ColorizationModule):
     layers: tuple[str, ...] = ()
     size_multiple = 8
 
-    def __init__(self, lr: float = 1e-3, optimizer: str = "rmsprop", weight_decay: float = 0.0):
-        super().__init__(lr=lr, optimizer=optimizer, weight_decay=weight_decay)
-        self.net = conv_stack(1, list(self.layers))
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        optimizer: str = "rmsprop",
+        weight_decay: float = 0.0,
+        hints: bool = False,
+        hint_sampling: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(lr, optimizer, weight_decay, hints, hint_sampling)
+        self.net = conv_stack(self.in_channels, list(self.layers))
 
-    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
-        return self.net(l_norm)
+    def forward(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.network_input(l_norm, hints))
 
 
 def trained_size(checkpoint: dict) -> int | None:

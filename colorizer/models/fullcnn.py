@@ -16,6 +16,9 @@ seed's, so parameter counts and checkpoints are unchanged). The encoder and the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,13 +63,15 @@ class FullCNNColorizer(ColorizationModule):
         backbone_download: bool = False,
         embedding_size: int | None = None,
         embedding: str = "softmax",
+        hints: bool = False,
+        hint_sampling: Mapping[str, Any] | None = None,
     ):
-        super().__init__(lr=lr, optimizer=optimizer, weight_decay=weight_decay)
+        super().__init__(lr, optimizer, weight_decay, hints, hint_sampling)
         if embedding not in EMBEDDINGS:
             raise ConfigError(
                 f"model.embedding={embedding!r} is not one of: {', '.join(EMBEDDINGS)}"
             )
-        self.encoder = conv_stack(1, ENCODER_LAYERS)
+        self.encoder = conv_stack(self.in_channels, ENCODER_LAYERS)
         self.fusion = nn.Sequential(nn.Conv2d(256 + EMBEDDING_DIM, 256, 1), nn.ReLU(inplace=True))
         self.decoder = conv_stack(256, DECODER_LAYERS)
         self.backbone = freeze(create_timm(backbone, num_classes=EMBEDDING_DIM))
@@ -110,8 +115,8 @@ class FullCNNColorizer(ColorizationModule):
             logits = self.backbone(self.backbone_input(l_norm)).float()
         return logits if self.hparams.embedding == "logits" else logits.softmax(dim=1)
 
-    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(l_norm)
+    def forward(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.encoder(self.network_input(l_norm, hints))
         embedding = self.embed(l_norm).to(features.dtype)
         tiled = embedding[:, :, None, None].expand(-1, -1, *features.shape[-2:])
         return self.decoder(self.fusion(torch.cat([features, tiled], dim=1)))

@@ -9,7 +9,8 @@ the adversarial phase and once per batch in the L1-only pre-training phase.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +61,17 @@ class GANColorizer(ColorizationModule):
         pretrain_epochs: int = 0,
         encoder_weights: str | None = None,
         encoder_download: bool = False,
+        hints: bool = False,
+        hint_sampling: Mapping[str, Any] | None = None,
     ):
-        super().__init__(lr=lr, optimizer="adam")
+        super().__init__(lr, "adam", 0.0, hints, hint_sampling)
         self.automatic_optimization = False
         if generator == "unet":
-            self.generator = UnetGenerator(1, 2, depth=depth, base=base_channels)
+            self.generator = UnetGenerator(self.in_channels, 2, depth=depth, base=base_channels)
             self.input_size = 2**depth
             init_normal(self.generator)
         elif generator == "resnet18":
-            self.generator = ResNetUnet(2, encoder="resnet18")
+            self.generator = ResNetUnet(2, encoder="resnet18", in_channels=self.in_channels)
             self.size_multiple = 32
             init_normal(self.generator.up_blocks)
             init_normal(self.generator.head)
@@ -79,8 +82,8 @@ class GANColorizer(ColorizationModule):
         self.discriminator = PatchDiscriminator(3, base=disc_channels)
         init_normal(self.discriminator)
 
-    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
-        return self.generator(l_norm)
+    def forward(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator(self.network_input(l_norm, hints))
 
     def pretrained_parts(self) -> dict[str, tuple[nn.Module, str | None, bool]]:
         if self.hparams.generator != "resnet18":
@@ -130,7 +133,7 @@ class GANColorizer(ColorizationModule):
         both run exactly this math. Returns the losses, as tensors (no host sync).
         """
         l_norm, ab_norm = split_lab(batch)
-        fake_ab = self.generator(l_norm)
+        fake_ab = self(l_norm, self.training_hints(ab_norm))
         logs = {}
         if self.adversarial:
             d_loss = 0.5 * (

@@ -83,9 +83,9 @@ class ResNetUnet(nn.Module):
     generator is pre-trained with L1 alone before the adversarial phase.
     """
 
-    def __init__(self, out_channels: int = 2, encoder: str = "resnet18") -> None:
+    def __init__(self, out_channels: int = 2, encoder: str = "resnet18", in_channels: int = 1):
         super().__init__()
-        self.encoder = create_timm(encoder, features_only=True, in_chans=1)
+        self.encoder = create_timm(encoder, features_only=True, in_chans=in_channels)
         skips = self.encoder.feature_info.channels()  # strides 2, 4, 8, 16, 32
         channels = skips[-1]
         self.up_blocks = nn.ModuleList()
@@ -95,7 +95,7 @@ class ResNetUnet(nn.Module):
             channels = out
         self.head = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(channels + 1, 32, 3, padding=1),
+            nn.Conv2d(channels + in_channels, 32, 3, padding=1),
             nn.ReLU(True),
             nn.Conv2d(32, out_channels, 1),
             nn.Tanh(),

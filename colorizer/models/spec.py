@@ -27,12 +27,14 @@ class ModelSpec:
             a multiple of ``size_multiple``).
         image_size: the side of the crops it was trained at, which inference and evaluation
             use unless told otherwise (None: not trained by ``colorizer.run`` yet).
+        hints: whether it takes colour hints (``colorizer.hints``) besides L.
     """
 
     name: str
     size_multiple: int = 1
     input_size: int | None = None
     image_size: int | None = None
+    hints: bool = False
 
     @property
     def training_multiple(self) -> int:
@@ -82,6 +84,7 @@ class ModelSpec:
             size_multiple=int(values.get("size_multiple") or 1),
             input_size=optional_int("input_size"),
             image_size=optional_int("image_size"),
+            hints=str(values.get("hints", False)).lower() in ("true", "1"),
         )
 
 
