@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,18 +11,34 @@ from lightning.pytorch.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
 
-WANDB_HOST = "api.wandb.ai"
 MODES = ("auto", "online", "offline")
 
 
-def wandb_credentials() -> bool:
-    """Whether W&B can authenticate here: WANDB_API_KEY, or what ``wandb login`` wrote."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
+def wandb_credentials() -> tuple[str, str | None]:
+    """The W&B server runs would log to (``WANDB_BASE_URL`` or what ``wandb login --host``
+    set), and where wandb finds credentials for it: an environment variable, or the netrc
+    entry ``wandb login`` wrote for that host (None: none, so offline). Asked of wandb itself,
+    so a self-hosted server counts as the public one does."""
+    import wandb  # deferred: only logger=wandb needs it
+    from wandb.sdk.lib import wbauth
+
+    # The host wandb.init would use, read as wandb.setup reads it (not its cached copy): the
+    # settings file `wandb login --host` writes, then WANDB_BASE_URL.
+    settings = wandb.Settings()
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+    settings.settings_system = str(folder / "settings")
+    settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
+    host = str(settings.base_url).rstrip("/")
+    for variable in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(variable):
+            return host, variable
     try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+        key = wbauth.read_netrc_auth(host=host)
+    except Exception as err:  # noqa: BLE001 - a malformed entry: wandb says so at login
+        log.warning("W&B: the netrc entry for %s is unusable (%s)", host, err)
+        key = None
+    return host, "netrc" if key else None
 
 
 def wandb_logger(
@@ -46,12 +61,18 @@ def wandb_logger(
 
         raise ConfigError(f"logger.wandb.mode={mode!r} is not one of: {', '.join(MODES)}")
     if mode == "auto":
-        mode = "online" if wandb_credentials() else "offline"
+        host, source = wandb_credentials()
+        mode = "online" if source else "offline"
+        if source:
+            log.info("W&B: logging online to %s (credentials from %s)", host, source)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline":
+        host = wandb_credentials()[0]
         log.warning(
-            "W&B: no credentials (WANDB_API_KEY or `wandb login`), logging offline to %s; "
-            "upload later with: wandb sync %s",
+            "W&B: no credentials for %s (WANDB_API_KEY, or `wandb login --host %s`), logging "
+            "offline to %s; upload later with: wandb sync %s",
+            host,
+            host,
             Path(save_dir) / "wandb",
             Path(save_dir) / "wandb" / "offline-run-*",
         )

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from colorizer.bench import bench
-from colorizer.bench.training import SameBatch, plain_step
+from colorizer.bench.training import SameBatch, peak_bf16_tflops, plain_step
 from tests.helpers import SMALL_MODELS
 
 BRIEF = ["warmup=1", "steps=2", "repeats=1", "data_batches=2"]
@@ -93,3 +93,21 @@ def test_plain_loop_does_the_same_math_as_lightning(make_cfg, name):
         torch.testing.assert_close(trained, plain, msg=key)
         changed += not torch.equal(trained, initial[key])
     assert changed > 0  # both really trained
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),  # Lightning's table
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA L40", 181.0),  # Lightning 2.6.6 reads any name with "L4" in it as the L4
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA H200", 989.4),  # not in Lightning's table
+        ("NVIDIA GeForce GTX 1080", None),  # unknown: no fraction rather than a wrong one
+    ],
+)
+def test_peak_bf16_of_each_listed_device(monkeypatch, name, tflops):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_bf16_tflops(torch.device("cuda")) == (pytest.approx(tflops) if tflops else None)

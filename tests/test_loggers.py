@@ -13,6 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
+from colorizer.loggers import wandb_logger
 from colorizer.run import train
 from tests.helpers import QUICK
 
@@ -122,3 +123,25 @@ def test_csv_logger_keeps_the_history_and_the_config(make_cfg, tmp_path):
     assert {"train/loss", "val/psnr", "test/psnr"} <= set(history)
     hparams = yaml.safe_load((tmp_path / "run" / "csv" / "hparams.yaml").read_text())
     assert hparams["config"]["model"]["_target_"].endswith("AlphaColorizer")
+
+
+def test_wandb_auto_is_online_for_a_self_hosted_server_it_is_logged_in_to(
+    tmp_path, caplog, no_wandb_credentials, monkeypatch
+):
+    """`wandb login --host http://127.0.0.1:8080` writes a netrc entry for that host; with
+    WANDB_BASE_URL pointing there, mode=auto logs online and says which host and why."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1:8080\n  login user\n  password local-{'a' * 40}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:8080")
+    caplog.set_level(logging.INFO, logger="colorizer.loggers")
+    logger = wandb_logger(str(tmp_path / "run"), mode="auto")
+    assert logger._offline is False
+    assert "W&B: logging online to http://127.0.0.1:8080 (credentials from" in caplog.text
+
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9999")  # logged in elsewhere only
+    caplog.clear()
+    assert wandb_logger(str(tmp_path / "run2"), mode="auto")._offline is True
+    assert "no credentials for http://127.0.0.1:9999" in caplog.text
