@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,9 +41,10 @@ _CORRUPT_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struc
 # Errors that say the file could not be read at all: not the file's fault, so not a skip.
 _ACCESS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
 
-# catch_warnings() swaps the process-wide filter list, which is not thread-safe: serialise the
-# (header-only, fast) open under a lock so scan threads cannot restore each other's filters.
-_OPEN_LOCK = threading.Lock()
+# Between MAX_IMAGE_PIXELS and twice that PIL only warns (above, it raises). load_rgb compares
+# the pixel count with the limit itself, so the warning says nothing new; silenced once here,
+# because swapping filters per call (catch_warnings) is process-wide and not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # A pixel is chromatic when its channels spread by more than this many levels: well above
 # the 0-6 levels of chroma noise a JPEG encoder leaves in a gray photograph.
@@ -89,10 +89,7 @@ def load_rgb(
     if path.stat().st_size == 0:
         raise SkippedImage("empty file", path)
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # Between MAX_IMAGE_PIXELS and twice that PIL only warns; a bomb is a bomb.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        image = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise SkippedImage("decompression bomb", path) from error
     except UnidentifiedImageError as error:
@@ -103,6 +100,9 @@ def load_rgb(
         raise SkippedImage("truncated or corrupt", path) from error
 
     with image:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and image.width * image.height > limit:
+            raise SkippedImage("decompression bomb", path)
         if min(image.size) < min_size:
             raise SkippedImage("too small", path)
         try:
