@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dataset = eval_dataset(datamodule, split, native=bool(cfg.native))
     loader = image_loader(dataset, batch_size=cfg.batch_size, num_workers=datamodule.num_workers,
                           device=device, collate_fn=stack_by_size)  # fmt: skip
-    extra, skipped = perceptual_metrics()
+    extra, skipped = perceptual_metrics(cfg.get("fid_weights"))
     model_scores, gray_scores = (_collection(p, extra).to(device) for p in ("", "gray_"))
     grid_rows: list[torch.Tensor] = []
     num_images = 0

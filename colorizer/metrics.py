@@ -33,6 +33,8 @@ from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 from torchmetrics.regression import MeanSquaredError
 from torchvision.models import AlexNet_Weights
 
+from colorizer.errors import ConfigError
+
 # Table headings of the metrics, in the order reports show them.
 METRIC_COLUMNS = {"psnr": "PSNR (dB)", "mse": "MSE", "ssim": "SSIM", "cf": "CF", "delta_cf": "ΔCF"}
 METRIC_COLUMNS |= {"fid": "FID", "lpips": "LPIPS"}
@@ -201,21 +203,28 @@ class PairedFID(FrechetInceptionDistance):
         super().update(preds, real=False)
 
 
-def perceptual_metrics() -> tuple[dict[str, Metric], str | None]:
-    """FID and LPIPS if their packages and weights (torch hub cache) are here; never downloads.
+def perceptual_metrics(fid_weights: str | None = None) -> tuple[dict[str, Metric], str | None]:
+    """FID and LPIPS where their weights are on this machine; nothing is downloaded.
 
-    Returns the metrics built, and one line naming those skipped and why (None if none was).
-    They are built with torch.hub's downloader disabled, in case a check here is wrong.
+    FID's Inception is torch-fidelity's (``fid_weights``: its weights file, else the one in
+    torch hub's cache); LPIPS needs torchvision's AlexNet weights in that cache. Returns the
+    metrics built, and one line naming those skipped and why (None if none was). A
+    ``fid_weights`` file that does not exist is a ConfigError.
     """
+    if fid_weights is not None and not Path(fid_weights).is_file():
+        raise ConfigError(
+            f"fid_weights={fid_weights} does not exist: pass FID's Inception weights file "
+            "(pt_inception-2015-12-05-6726825d.pth) or null"
+        )
     metrics: dict[str, Metric] = {}
     why_not = []
-    for name, build in (("FID", _fid), ("LPIPS", _lpips)):
+    for name, build in (("FID", lambda: _fid(fid_weights)), ("LPIPS", _lpips)):
         try:
-            with mock.patch("torch.hub.download_url_to_file", side_effect=_no_download):
-                metrics[name.lower()] = build()
+            metrics[name.lower()] = build()
         except ImportError as err:
-            why_not.append(f"{name}: package {err.name or err} is not installed")
-        except Exception as err:  # noqa: BLE001 - whatever fails to load is not available
+            package = "torch-fidelity" if "fidelity" in str(err.name or err) else err.name
+            why_not.append(f"{name}: package {package} is not installed (pip install {package})")
+        except FileNotFoundError as err:
             why_not.append(f"{name}: {err}")
     if not why_not:
         return metrics, None
@@ -223,23 +232,28 @@ def perceptual_metrics() -> tuple[dict[str, Metric], str | None]:
     return metrics, f"{names}: skipped (weights not available locally: {'; '.join(why_not)})"
 
 
-def _fid() -> Metric:
+def _fid(weights: str | None) -> Metric:
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    _require_cached(URL_INCEPTION_V3)
-    return PairedFID(normalize=True)
+    path = Path(weights) if weights else _cached(URL_INCEPTION_V3, "or fid_weights=PATH")
+    return PairedFID(normalize=True, feature_extractor_weights_path=str(path))
 
 
 def _lpips() -> Metric:
-    _require_cached(AlexNet_Weights.DEFAULT.url)  # the default backbone's ImageNet weights
-    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
+    _cached(AlexNet_Weights.DEFAULT.url)  # the default backbone's ImageNet weights
+    # torchvision finds them in the cache; the downloader is disabled in case it would not.
+    with mock.patch("torch.hub.download_url_to_file", side_effect=_no_download):
+        return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
 
 
-def _require_cached(url: str) -> None:
-    """Raise FileNotFoundError unless torch.hub has already downloaded ``url``."""
+def _cached(url: str, alternative: str = "") -> Path:
+    """Where torch.hub keeps ``url``'s file; FileNotFoundError if it has not been downloaded."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}")
+        raise FileNotFoundError(
+            f"no {path.name} in {path.parent}" + (f" ({alternative})" if alternative else "")
+        )
+    return path
 
 
 def _no_download(url: str, *args: Any, **kwargs: Any) -> None:

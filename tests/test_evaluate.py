@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,35 @@ def test_evaluation_scores_the_training_runs_own_test_split(make_cfg, tmp_path, 
     # Asking for another split of the same images, explicitly, is refused in one line.
     with pytest.raises(ConfigError, match="seed=42 .* trained with data.seed=123"):
         evaluate(make_cfg(checkpoint, *data, "seed=42", config_name="evaluate"))
+
+
+@pytest.fixture
+def inception_weights(tmp_path, monkeypatch) -> Path:
+    """A weights file of torch-fidelity's FID Inception, randomly initialised (the real one is
+    its release pt_inception-2015-12-05-6726825d.pth): built here, nothing downloaded."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with monkeypatch.context() as patch:  # build the network without its weights
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        torch.manual_seed(0)
+        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / "inception.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow  # Inception at 299² on the CPU, four sets of 16 images
+def test_fid_is_scored_from_a_local_weights_file(trained, make_cfg, tmp_path, inception_weights,
+                                                 no_local_weights):  # fmt: skip
+    cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "data=synthetic", *SYNTHETIC,
+                   f"fid_weights={inception_weights}", config_name="evaluate")  # fmt: skip
+    summary = evaluate(cfg)
+    assert math.isfinite(summary["test/fid"]) and summary["test/fid"] >= 0
+    assert math.isfinite(summary["test/gray_fid"])
+    assert summary["skipped_metrics"].startswith("LPIPS: skipped")  # FID no longer is
+    assert "| FID |" in (tmp_path / "run" / "report.md").read_text().replace("FID | LPIPS", "FID |")
+    cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "data=synthetic", *SYNTHETIC,
+                   f"fid_weights={tmp_path / 'missing.pth'}", config_name="evaluate")  # fmt: skip
+    with pytest.raises(ConfigError, match="fid_weights=.*missing.pth does not exist"):
+        evaluate(cfg)
