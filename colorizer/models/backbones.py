@@ -3,11 +3,16 @@
 Where weights come from, in order:
 
 1. an explicit file (``model.backbone_weights=PATH``: ``.safetensors``, or a ``.pth``/``.pt``
-   state dict, possibly nested under ``state_dict`` or ``model``);
+   state dict, possibly nested under ``state_dict`` or ``model``, ``module.`` prefixes of a
+   wrapped network removed);
 2. the user's Hugging Face cache (where ``timm`` itself stores what it downloads), looked up
    without any network access;
 3. a download through timm, only with ``model.backbone_download=true``;
 4. otherwise random initialisation, with one loud :class:`PretrainedWeightsMissing` warning.
+
+Weights are loaded by timm itself (``pretrained_cfg_overlay=dict(file=...)``): each model's
+own key filter, the first convolution adapted to the input channels (``in_chans``: RGB filters
+summed for gray, repeated for more), a classifier the network does not have dropped.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ def create_timm(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"unknown timm model {name!r}: see timm.list_models() for the names")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(0)  # the CPU's, where timm initialises
-        return timm.create_model(name, pretrained=False, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    model.timm_build = (name, dict(kwargs))  # how to build it again, with weights
+    return model
 
 
 def cached_weights(model: nn.Module) -> Path | None:
@@ -57,34 +64,30 @@ def cached_weights(model: nn.Module) -> Path | None:
     return None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file; ``weights_only`` so that a file cannot run code."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path} holds no state dict of tensors")
-    return state
+def load_weights_file(model: nn.Module, path: Path, what: str) -> None:
+    """Load a weights file into a network made by :func:`create_timm`, through timm: the
+    same network is built with ``pretrained_cfg_overlay=dict(file=path)`` and its weights
+    copied. A file that is not one, or not this network's, is a one-line ConfigError."""
+    _load_through_timm(model, {"file": str(path), "source": ""}, f"{path}", what)
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a state dict, adapting an RGB first convolution to a 1-channel one by summing."""
-    own = model.state_dict()
-    for key, value in list(state.items()):
-        target = own.get(key)
-        if target is not None and value.dim() == 4 and value.shape[1] == 3 and target.shape[1] == 1:
-            state[key] = value.sum(dim=1, keepdim=True)  # gray = R = G = B: the filters add up
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # A classifier head the model does not have (features_only) is expected to be left over.
-    if missing:
-        raise ConfigError(f"{source} does not fit this network: {len(missing)} missing tensors")
-    if unexpected:
-        log.info("%s: ignored %d tensors this network has no use for", source, len(unexpected))
+def _load_through_timm(model: nn.Module, overlay: dict | None, source: str, what: str) -> None:
+    name, kwargs = model.timm_build
+    timm_log = logging.getLogger("timm")  # a line per step of the load: ours says it in one
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):  # its initialisation, overwritten: no draws
+            pretrained = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        model.load_state_dict(pretrained.state_dict())
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"{source} cannot be loaded into {what} ({first_line})") from err
+    finally:
+        timm_log.setLevel(level)
+    log.info("%s: pretrained weights from %s", what, source)
 
 
 def load_pretrained(model: nn.Module, *, weights: str | None, download: bool, what: str) -> str:
@@ -96,16 +99,15 @@ def load_pretrained(model: nn.Module, *, weights: str | None, download: bool, wh
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(f"{what}_weights={weights} does not exist: give a weights file")
-        load_into(model, read_state_dict(path), str(path))
+        load_weights_file(model, path, what)
         return str(path)
     cached = cached_weights(model)
     if cached is not None:
-        load_into(model, read_state_dict(cached), str(cached))
+        load_weights_file(model, cached, what)
         return str(cached)
     name = model.pretrained_cfg.get("architecture", type(model).__name__)
-    if download:
-        pretrained = timm.create_model(name, pretrained=True)  # the user asked: network allowed
-        load_into(model, pretrained.state_dict(), f"download of {name}")
+    if download:  # the user asked: network allowed
+        _load_through_timm(model, None, f"download of {name}", what)
         cached = cached_weights(model)  # where timm put the download, if in the HF cache
         return str(cached) if cached is not None else f"download of {name}"
     warnings.warn(

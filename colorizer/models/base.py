@@ -24,7 +24,7 @@ from colorizer.errors import ConfigError
 from colorizer.hints import HINT_CHANNELS, HintPoint, HintSampling, hint_map, simulated_hints
 from colorizer.metrics import colorization_metrics, update_metrics
 from colorizer.models import frozen
-from colorizer.models.backbones import load_into, load_pretrained, read_state_dict
+from colorizer.models.backbones import load_pretrained, load_weights_file
 from colorizer.models.blocks import conv_stack
 from colorizer.models.spec import SPEC_KEY, ModelSpec
 from colorizer.registry import MODELS
@@ -357,7 +357,7 @@ class ColorizationModule(L.LightningModule):
 
     @staticmethod
     def _load_weights_file(module: nn.Module, path: Path, what: str) -> None:
-        load_into(module, read_state_dict(path), str(path))
+        load_weights_file(module, path, what)
 
 
 class PlainCNNColorizer(ColorizationModule):

@@ -3,6 +3,7 @@ import timm
 import torch
 from torch import nn
 
+from colorizer.errors import ConfigError
 from colorizer.models.blocks import count_parameters
 from colorizer.models.gan import GANColorizer
 from colorizer.models.gan_networks import PatchDiscriminator, UnetGenerator
@@ -94,3 +95,23 @@ def test_unknown_generator_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model.generator='vgg'"):
         GANColorizer(generator="vgg")
+
+
+def test_encoder_weights_saved_from_a_wrapped_model_load_through_timm(tmp_path):
+    """A checkpoint of a DataParallel/DDP-wrapped network ("module." keys, nested under
+    "state_dict") is cleaned by timm's loader; with hints the first convolution takes 4
+    channels, adapted from RGB by timm too."""
+    torch.manual_seed(4)
+    state = timm.create_model("resnet18").state_dict()
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}}, path)
+    model = GANColorizer(generator="resnet18", encoder_weights=str(path), hints=True)
+    model.on_fit_start()
+    assert model.weight_sources == {"model.encoder": str(path)}
+    assert model.generator.encoder.conv1.weight.shape[1] == 4
+    torch.testing.assert_close(
+        model.generator.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"]
+    )
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="wrapped.pth cannot be loaded into model.encoder"):
+        GANColorizer(generator="resnet18", encoder_weights=str(path)).on_fit_start()
