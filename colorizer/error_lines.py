@@ -11,6 +11,7 @@ import re
 
 import torch
 from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from colorizer.errors import CheckpointWriteError, ConfigError, DataError
@@ -45,8 +46,9 @@ def user_error_behind(err: BaseException | None) -> BaseException | None:
             return candidate
     for candidate in chain:
         cause = candidate.__cause__
+        # Lightning refuses Trainer arguments with its MisconfigurationException.
         if isinstance(candidate, InstantiationException) and isinstance(
-            cause, TypeError | ValueError
+            cause, TypeError | ValueError | MisconfigurationException
         ):
             key = re.search(r"full_key: (\S+)", str(candidate))
             where = f"under {key.group(1)}" if key else "in the config"

@@ -55,7 +55,7 @@ from colorizer.metrics import (
     perceptual_metrics,
     update_metrics,
 )
-from colorizer.models import load_model
+from colorizer.models import load_model, read_checkpoint
 from colorizer.models.spec import check_size_option
 from colorizer.registry import DATA_SOURCES, MODELS
 from colorizer.report import ResultTable, cell, markdown_report, write_report
@@ -78,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg.ckpt_path).to(device)
     curve = HintCurve(counts, split, cfg.seed, device)
     curve.check(model)
-    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
     build = functools.partial(instantiate, cfg.data, image_size=model.spec.working_size(cfg.size))
     datamodule = datamodule_as_trained(
         build, checkpoint.get("datamodule_hyper_parameters"), split, _given_keys(),

@@ -33,6 +33,7 @@ from colorizer.checkpoints import BackgroundCheckpointIO, LastCheckpoint
 from colorizer.cli import run_app
 from colorizer.errors import ConfigError
 from colorizer.metrics import METRIC_COLUMNS
+from colorizer.models import read_checkpoint
 from colorizer.registry import DATA_SOURCES, MODELS
 from colorizer.report import ResultTable, cell, write_report
 
@@ -285,7 +286,7 @@ def resume_from(ckpt_path: str | None, run_dir: Path, model: L.LightningModule) 
 
 def _checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint's contents, memory-mapped (tensors are not read unless used)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return read_checkpoint(path, mmap=True)
 
 
 def _hparams_diff(path: str, model: L.LightningModule) -> str:

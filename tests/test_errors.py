@@ -1,6 +1,8 @@
 """A walk through the mistakes a user can make: each ends in one line naming the fix, exit 2."""
 
 import io
+import os
+import pickle
 import re
 
 import pytest
@@ -15,6 +17,10 @@ MISTAKES = {
     "missing required key": (["data=coco"], "data.root is required: add data.root=VALUE"),
     "wrong type": (["model=alpha", "model.lr=fast"], "model.lr must be a positive number"),
     "bad value": (["model=alpha", "data.batch_size=0"], "data.batch_size=0 must be an integer"),
+    "a Trainer argument Lightning refuses": (
+        ["model=alpha", "trainer.max_steps=-5"],
+        "invalid value under trainer: `max_steps` must be a non-negative integer or -1",
+    ),
     "out of memory": (
         ["model=alpha", "data=synthetic", "data.image_size=200000"],  # a 480 GB batch
         "out of memory in RAM: lower data.batch_size or data.image_size",
@@ -120,3 +126,24 @@ def test_the_rate_column_shows_no_rate_before_one_and_the_mean_after_one_update(
     bar.update(task, completed=4)
     rate = float(column.render(bar.tasks[task]).plain.split()[0])
     assert 1.5 < rate <= 2.0
+
+
+@pytest.mark.parametrize("kind", ["truncated", "malicious", "not a checkpoint"])
+def test_an_unreadable_checkpoint_to_resume_from_is_one_line(
+    main_of, checkpoint_of, tmp_path, kind
+):
+    bad = tmp_path / "bad.ckpt"
+    if kind == "truncated":
+        bad.write_bytes(checkpoint_of("alpha").read_bytes()[:5000])
+    elif kind == "malicious":  # a pickle that would run a command; weights_only refuses it
+        bad.write_bytes(pickle.dumps(MaliciousPayload()))
+    else:
+        bad.write_text("hello")
+    result = main_of("colorizer.run", "model=alpha", *QUICK, f"ckpt_path={bad}")
+    assert_one_line_error(result, f"{bad} is not a readable checkpoint")
+    assert not (tmp_path / "pwned").exists()
+
+
+class MaliciousPayload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))

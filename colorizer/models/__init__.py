@@ -10,7 +10,20 @@ from colorizer.errors import ConfigError
 from colorizer.models.base import ColorizationModule
 from colorizer.registry import MODELS
 
-__all__ = ["ColorizationModule", "load_model"]
+__all__ = ["ColorizationModule", "load_model", "read_checkpoint"]
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True`` (a file cannot make this run
+    code); a ConfigError in one line when it is not a readable checkpoint (truncated, not one,
+    or holding objects ``weights_only`` refuses)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # unpickling errors have many types; all mean "not loadable"
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(err).__name__})") from err
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"{path} is not a readable checkpoint (it holds no dictionary)")
+    return checkpoint
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> ColorizationModule:
@@ -23,11 +36,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Co
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; all mean "not loadable"
-        raise ConfigError(f"{path} is not a readable checkpoint ({type(err).__name__})") from err
-    target = checkpoint.get("colorizer_model") if isinstance(checkpoint, dict) else None
+    target = read_checkpoint(path).get("colorizer_model")
     if target is None:
         raise ConfigError(f"{path} is not a colorizer checkpoint (it names no colorizer model)")
     name = MODELS.name_of(str(target))
