@@ -46,9 +46,10 @@ def user_error_behind(err: BaseException | None) -> BaseException | None:
             return candidate
     for candidate in chain:
         cause = candidate.__cause__
-        # Lightning refuses Trainer arguments with its MisconfigurationException.
+        # Lightning refuses Trainer arguments with its MisconfigurationException, and one that
+        # needs a package not installed here (trainer.accelerator=tpu) with an ImportError.
         if isinstance(candidate, InstantiationException) and isinstance(
-            cause, TypeError | ValueError | MisconfigurationException
+            cause, TypeError | ValueError | MisconfigurationException | ImportError
         ):
             key = re.search(r"full_key: (\S+)", str(candidate))
             where = f"under {key.group(1)}" if key else "in the config"

@@ -74,6 +74,8 @@ def find_jobs(pattern: str, output: Path, fmt: str | None = None) -> list[Job]:
             f"input={pattern} does not exist: pass an image or video file, a folder or a "
             "quoted glob such as 'scans/**/*.tif'"
         )
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output={output} is a file: name a folder to write to")
     output_dir, input_dir = output.resolve(), base.resolve()
     if output_dir == input_dir:
         raise ConfigError(
