@@ -130,3 +130,30 @@ def test_every_user_error_is_one_line_and_writes_no_result(
     results = [p for p in written if p.name in RESULTS or p.suffix in (".ckpt", ".onnx", ".png")]
     assert results == [], results
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+# Where some of the work was done: exit status 1, what failed named, no traceback.
+# (entry point, arguments, phrase on stderr, what was written nonetheless)
+PARTIAL = [
+    ("colorize", ["ckpt_path={alpha}", "input={mixed}", "output=out"],
+     "cut.jpg: ", "out/p0.png"),
+    ("export", ["ckpt_path={alpha}", "output=m.onnx", "tolerance=0"],
+     "the export differs from PyTorch by", "m.onnx"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("entry", "args", "phrase", "kept"), PARTIAL, ids=lambda v: str(v)[:40])
+def test_a_partly_done_job_exits_1_naming_what_failed(
+    main_of, checkpoint_of, tmp_path, entry, args, phrase, kept
+):
+    mixed = tmp_path / "inputs" / "mixed"
+    mixed.mkdir(parents=True)
+    Image.fromarray(colourful(40, 48)).save(mixed / "p0.png")
+    (mixed / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    places = {"alpha": checkpoint_of("alpha"), "mixed": mixed}
+    result = main_of(f"colorizer.{entry}", *(fill(arg, places) for arg in args),
+                     "hydra.run.dir=run")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert phrase in result.stderr + result.stdout
+    assert (tmp_path / kept).is_file()
