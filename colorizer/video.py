@@ -184,11 +184,13 @@ def colorize_video(
 def _add_video_stream(
     output: av.container.OutputContainer, source: av.VideoStream, suffix: str, crf: int
 ) -> av.VideoStream:
-    """An encoder for ``source``'s frames: its size, and its time base, so the input's
-    timestamps (frame rate, variable or not, and length) carry over unchanged."""
+    """An encoder for ``source``'s frames: its size and pixel aspect ratio, and its time base,
+    so the input's timestamps (frame rate, variable or not, and length) carry over unchanged."""
     rate = source.average_rate or source.guessed_rate or Fraction(25)
     size = source.codec_context.width, source.codec_context.height
     encoder = _new_encoder(output, suffix, rate, size, crf)
+    if source.codec_context.sample_aspect_ratio:  # anamorphic (DVD, DV): plays as it did
+        encoder.codec_context.sample_aspect_ratio = source.codec_context.sample_aspect_ratio
     if source.time_base is not None:
         encoder.time_base = encoder.codec_context.time_base = source.time_base
     return encoder
@@ -199,9 +201,12 @@ def _new_encoder(
     size: tuple[int, int], crf: int,
 ) -> av.VideoStream:  # fmt: skip
     """A video stream of ``size`` (width, height) at constant quality ``crf``: VP9 in WebM
-    (``b=0`` makes its crf a constant quality, not a bitrate cap), H.264 elsewhere."""
+    (``b=0`` makes its crf a constant quality, not a bitrate cap), H.264 elsewhere, without
+    B-frames in AVI (which has no presentation timestamps to put reordered frames back)."""
     codec = _ENCODERS.get(suffix, "libx264")
     options = {"crf": str(crf)} | ({"b": "0"} if codec == "libvpx-vp9" else {})
+    if suffix == ".avi":
+        options["bf"] = "0"
     encoder = output.add_stream(codec, rate=rate, options=options)
     encoder.width, encoder.height = size
     encoder.pix_fmt = _pixel_format(*size)

@@ -2,6 +2,7 @@
 without costing PSNR and stops at cuts; bad videos fail one line each, leaving nothing."""
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,7 +18,7 @@ from colorizer.errors import ConfigError
 from colorizer.evaluate import evaluate
 from colorizer.flow import FlickerMeter, lightness_u8
 from colorizer.inference import full_lightness, open_network
-from colorizer.video import FrameColorizer, decode_frames, write_video
+from colorizer.video import FrameColorizer, colorize_video, decode_frames, write_video
 from colorizer.video_eval import camera_move, chroma_of
 from tests.helpers import QUICK, train_run
 
@@ -191,3 +192,35 @@ def test_bad_video_options_are_refused(make_cfg, tmp_path, checkpoint_of):
         colorize(make_cfg(*common, "temporal=smooth", config_name="colorize"))
     with pytest.raises(ConfigError, match="crf=-1 must be an integer >= 0"):
         colorize(make_cfg(*common, "crf=-1", config_name="colorize"))
+
+
+def _write_anamorphic(path: Path, frames: list[torch.Tensor], aspect: Fraction) -> None:
+    """An H.264 clip whose pixels are not square (a DVD's 64:45, say)."""
+    with av.open(str(path), "w") as output:
+        encoder = output.add_stream("libx264", rate=12)
+        encoder.height, encoder.width = frames[0].shape[1:]
+        encoder.pix_fmt = "yuv420p"
+        encoder.codec_context.sample_aspect_ratio = aspect
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+            output.mux(encoder.encode(frame))
+        output.mux(encoder.encode(None))
+
+
+def test_the_pixel_aspect_ratio_of_an_anamorphic_film_is_kept(two_shots, tmp_path):
+    source, target = tmp_path / "dvd.mp4", tmp_path / "out" / "dvd.mp4"
+    _write_anamorphic(source, two_shots[:6], Fraction(64, 45))
+    assert colorize_video(source, target, lambda frames: frames) == 6
+    with av.open(str(target)) as container:
+        assert container.streams.video[0].codec_context.sample_aspect_ratio == Fraction(64, 45)
+
+
+def test_an_avi_film_reads_back_whole(two_shots, tmp_path):
+    """H.264 B-frames in AVI scramble the timestamps: the output could not be read back."""
+    source, target = tmp_path / "old.avi", tmp_path / "out" / "old.avi"
+    write_video(source, two_shots[:12])
+    assert colorize_video(source, target, lambda frames: frames) == 12
+    assert len(decode_frames(target)) == 12
+    with av.open(str(target)) as container:
+        timestamps = [frame.pts for frame in container.decode(video=0)]
+    assert timestamps == sorted(timestamps) and len(set(timestamps)) == 12
