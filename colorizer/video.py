@@ -102,27 +102,36 @@ def open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.Vid
 
 
 def expected_frames(stream: av.VideoStream) -> int | None:
-    """The number of frames the header announces, or estimates from its duration; or None."""
+    """The number of frames the header announces, or estimates from its duration (for the
+    progress bar: a variable frame rate makes it approximate); or None."""
     if stream.frames:
         return stream.frames
-    seconds = None
-    if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif "DURATION" in stream.metadata:  # Matroska keeps it as a tag: 00:00:01.000000000
-        hours, minutes, rest = stream.metadata["DURATION"].split(":")
-        seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    seconds = stream_seconds(stream)
     rate = stream.average_rate or stream.guessed_rate
     return round(seconds * rate) if seconds is not None and rate else None
+
+
+def stream_seconds(stream: av.VideoStream) -> float | None:
+    """How long the container says the video stream lasts, in seconds; None if it does not."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if "DURATION" in stream.metadata:  # Matroska keeps it as a tag: 00:00:01.000000000
+        hours, minutes, rest = stream.metadata["DURATION"].split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    return None
 
 
 def decode_frames(path: Path) -> list[torch.Tensor]:
     """Every frame of a (short) video as uint8 sRGB ``[3, H, W]``; ``VideoError`` if unreadable."""
     with open_video(path) as (container, stream):
+        frames, last = [], None
         try:
-            frames = [_rgb(frame) for frame in container.decode(stream)]
+            for frame in container.decode(stream):
+                frames.append(_rgb(frame))
+                last = frame.time
         except av.error.FFmpegError as err:
             raise VideoError("truncated or corrupt") from err
-        _check_complete(len(frames), expected_frames(stream))
+        _check_complete(len(frames), stream, last)
     return frames
 
 
@@ -149,7 +158,7 @@ def colorize_video(
                 encoder = _add_video_stream(output, stream, target.suffix.lower(), crf)
                 copies = {audio: output.add_stream_from_template(audio)
                           for audio in container.streams.audio}  # fmt: skip
-                done, batch = 0, []
+                done, batch, last = 0, [], None
 
                 def flush() -> None:
                     nonlocal done
@@ -166,6 +175,7 @@ def colorize_video(
                     if packet.stream is stream:
                         for frame in _decode(packet):
                             batch.append((_rgb(frame), frame.pts))
+                            last = frame.time
                             if len(batch) == batch_size:
                                 flush()
                     elif packet.dts is not None:  # the demuxer's empty end-of-stream packets
@@ -173,7 +183,7 @@ def colorize_video(
                         output.mux(packet)
                 if batch:
                     flush()
-                _check_complete(done, total)
+                _check_complete(done, stream, last)
                 output.mux(encoder.encode(None))
         os.replace(partial, target)
     finally:
@@ -237,9 +247,22 @@ def _rgb(frame: av.VideoFrame) -> torch.Tensor:
     return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
 
 
-def _check_complete(decoded: int, expected: int | None) -> None:
-    """A file that ends before the frames its header announces is truncated."""
-    if decoded == 0 or (expected is not None and decoded < expected - _MISSING_FRAMES_ALLOWED):
+def _check_complete(decoded: int, stream: av.VideoStream, last: float | None) -> None:
+    """A file that ends before what its container knows is truncated: fewer frames than it
+    counts, or, where it only knows the duration, a last frame (at ``last`` seconds) that much
+    earlier than its end. Not the duration times a frame rate, which a variable frame rate
+    makes wrong."""
+    if decoded == 0:
+        raise VideoError("truncated or corrupt")
+    if stream.frames:
+        if decoded < stream.frames - _MISSING_FRAMES_ALLOWED:
+            raise VideoError("truncated or corrupt")
+        return
+    seconds, rate = stream_seconds(stream), stream.average_rate or stream.guessed_rate
+    if seconds is None or last is None or not rate:
+        return
+    interval = 1 / float(rate)  # the mean time between frames
+    if seconds - last > (_MISSING_FRAMES_ALLOWED + 1) * interval:
         raise VideoError("truncated or corrupt")
 
 

@@ -18,7 +18,13 @@ from colorizer.errors import ConfigError
 from colorizer.evaluate import evaluate
 from colorizer.flow import FlickerMeter, lightness_u8
 from colorizer.inference import full_lightness, open_network
-from colorizer.video import FrameColorizer, colorize_video, decode_frames, write_video
+from colorizer.video import (
+    FrameColorizer,
+    VideoError,
+    colorize_video,
+    decode_frames,
+    write_video,
+)
 from colorizer.video_eval import camera_move, chroma_of
 from tests.helpers import QUICK, train_run
 
@@ -224,3 +230,30 @@ def test_an_avi_film_reads_back_whole(two_shots, tmp_path):
     with av.open(str(target)) as container:
         timestamps = [frame.pts for frame in container.decode(video=0)]
     assert timestamps == sorted(timestamps) and len(set(timestamps)) == 12
+
+
+def test_a_variable_frame_rate_mkv_is_whole_not_truncated(two_shots, tmp_path):
+    """12 frames over 1.4 s, irregularly spaced: duration x average rate predicts more frames
+    than there are, which is no truncation."""
+    source, target = tmp_path / "phone.mkv", tmp_path / "out" / "phone.mkv"
+    times_ms = [0, 50, 100, 300, 350, 400, 700, 750, 800, 1100, 1150, 1300]
+    with av.open(str(source), "w") as output:
+        encoder = output.add_stream("libx264", rate=10)
+        encoder.height, encoder.width = two_shots[0].shape[1:]
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = encoder.codec_context.time_base = Fraction(1, 1000)
+        for rgb, time in zip(two_shots, times_ms, strict=False):
+            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+            frame.pts, frame.time_base = time, Fraction(1, 1000)
+            output.mux(encoder.encode(frame))
+        output.mux(encoder.encode(None))
+    assert len(decode_frames(source)) == 12
+    assert colorize_video(source, target, lambda frames: frames) == 12
+    with av.open(str(target)) as container:
+        stream = container.streams.video[0]
+        pts = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+    assert pts == pytest.approx([t / 1000 for t in times_ms], abs=1e-3)  # timestamps kept
+    cut = tmp_path / "cut.mkv"  # the same film with its last 40 % missing is truncated
+    cut.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
+    with pytest.raises(VideoError, match="truncated or corrupt"):
+        decode_frames(cut)
