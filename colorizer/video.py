@@ -122,12 +122,13 @@ def stream_seconds(stream: av.VideoStream) -> float | None:
 
 
 def decode_frames(path: Path) -> list[torch.Tensor]:
-    """Every frame of a (short) video as uint8 sRGB ``[3, H, W]``; ``VideoError`` if unreadable."""
+    """Every frame of a (short) video as uint8 sRGB ``[3, H, W]``, upright as players show it
+    (``display_turns``); ``VideoError`` if unreadable."""
     with open_video(path) as (container, stream):
         frames, last = [], None
         try:
             for frame in container.decode(stream):
-                frames.append(_rgb(frame))
+                frames.append(_turn(_rgb(frame), _quarter_turns(frame)))
                 last = frame.time
         except av.error.FFmpegError as err:
             raise VideoError("truncated or corrupt") from err
@@ -154,16 +155,22 @@ def colorize_video(
         with open_video(source) as (container, stream):
             total = expected_frames(stream)
             target.parent.mkdir(parents=True, exist_ok=True)
+            turns = display_turns(source)
             with av.open(str(partial), "w") as output:
                 encoder = _add_video_stream(output, stream, target.suffix.lower(), crf)
+                if turns:  # the same tag: the stored pixels stay as they were
+                    encoder.set_display_rotation(90 * turns)
                 copies = {audio: output.add_stream_from_template(audio)
                           for audio in container.streams.audio}  # fmt: skip
                 done, batch, last = 0, [], None
 
                 def flush() -> None:
                     nonlocal done
-                    for (_, pts), rgb in zip(batch, colorizer([f for f, _ in batch]), strict=True):
-                        frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+                    # The network sees frames upright; they are stored as they came.
+                    upright = [_turn(f, turns) for f, _ in batch]
+                    for (_, pts), rgb in zip(batch, colorizer(upright), strict=True):
+                        rgb = _turn(rgb, -turns).permute(1, 2, 0).contiguous()
+                        frame = av.VideoFrame.from_ndarray(rgb.numpy(), "rgb24")
                         frame.pts, frame.time_base = pts, stream.time_base
                         output.mux(encoder.encode(frame))
                     done += len(batch)
@@ -240,6 +247,26 @@ def _decode(packet: av.Packet) -> list[av.VideoFrame]:
         return packet.decode()
     except av.error.FFmpegError as err:
         raise VideoError("truncated or corrupt") from err
+
+
+def display_turns(path: Path) -> int:
+    """How many quarter turns counterclockwise players give the video's frames (its display
+    matrix: a phone's portrait clip is stored sideways with -90 degrees, so -1); 0 if none."""
+    with open_video(path) as (container, stream):
+        try:
+            frame = next(container.decode(stream), None)
+        except av.error.FFmpegError:
+            return 0  # the decode proper reports it
+    return _quarter_turns(frame) if frame is not None else 0
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    return round(frame.rotation / 90) if frame.rotation else 0
+
+
+def _turn(rgb: torch.Tensor, turns: int) -> torch.Tensor:
+    """``[3, H, W]`` turned ``turns`` quarter turns counterclockwise (as shown on screen)."""
+    return torch.rot90(rgb, k=turns, dims=(1, 2)) if turns % 4 else rgb
 
 
 def _rgb(frame: av.VideoFrame) -> torch.Tensor:

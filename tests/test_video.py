@@ -257,3 +257,35 @@ def test_a_variable_frame_rate_mkv_is_whole_not_truncated(two_shots, tmp_path):
     cut.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
     with pytest.raises(VideoError, match="truncated or corrupt"):
         decode_frames(cut)
+
+
+def test_a_phone_clip_is_colorized_upright_and_keeps_its_rotation(two_shots, tmp_path):
+    """A portrait phone clip is stored sideways with a display rotation of -90 degrees (players
+    turn it 90 degrees clockwise): the network must see it upright, and the output must keep
+    the stored pixels and the tag, so it plays upright too."""
+    upright = two_shots[:4]  # 96 x 128, not square: sideways shows
+    stored = [torch.rot90(frame, k=1, dims=(1, 2)) for frame in upright]  # turned left
+    source, target = tmp_path / "phone.mp4", tmp_path / "out" / "phone.mp4"
+    with av.open(str(source), "w") as output:
+        encoder = output.add_stream("libx264", rate=12)
+        encoder.height, encoder.width = stored[0].shape[1:]
+        encoder.pix_fmt = "yuv444p"
+        encoder.options = {"crf": "0"}
+        encoder.set_display_rotation(-90)
+        for rgb in stored:
+            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).contiguous().numpy(), "rgb24")
+            output.mux(encoder.encode(frame))
+        output.mux(encoder.encode(None))
+    seen = []
+
+    def network(frames):
+        seen.extend(frames)
+        return frames
+
+    assert colorize_video(source, target, network) == 4
+    assert seen[0].shape == upright[0].shape
+    assert (seen[0].float() - upright[0].float()).abs().mean() < 3  # lossless but for RGB->YUV
+    with av.open(str(target)) as container:
+        frame = next(container.decode(video=0))
+    assert frame.rotation == -90 and (frame.height, frame.width) == tuple(stored[0].shape[1:])
+    assert decode_frames(target)[0].shape == upright[0].shape  # decoded upright, as shown
