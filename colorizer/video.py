@@ -147,8 +147,10 @@ def colorize_video(
     """Colorize ``source`` into ``target`` (same container; written atomically); returns
     the number of frames. ``progress(done, total)`` after each batch (total may be None).
 
-    Raises ``VideoError`` for an input that cannot be read (nothing is written), and
-    ``av.error.FFmpegError`` or ``OSError`` when the output cannot be written.
+    Raises ``VideoError`` for an input that cannot be read: nothing is written when no frame
+    could be decoded; otherwise the frames colorized before the damage are kept as
+    ``NAME.incomplete.EXT`` and the error says where it stopped. ``av.error.FFmpegError`` or
+    ``OSError`` when the output cannot be written.
     """
     partial = target.with_name(f".{target.stem}.{os.getpid()}.partial{target.suffix}")
     try:
@@ -178,20 +180,36 @@ def colorize_video(
                     if progress is not None:
                         progress(done, total)
 
-                for packet in _demux(container, stream, *copies):
-                    if packet.stream is stream:
-                        for frame in _decode(packet):
-                            batch.append((_rgb(frame), frame.pts))
-                            last = frame.time
-                            if len(batch) == batch_size:
-                                flush()
-                    elif packet.dts is not None:  # the demuxer's empty end-of-stream packets
-                        packet.stream = copies[packet.stream]
-                        output.mux(packet)
-                if batch:
-                    flush()
-                _check_complete(done, stream, last)
+                failure = None
+                try:
+                    for packet in _demux(container, stream, *copies):
+                        if packet.stream is stream:
+                            for frame in _decode(packet):
+                                batch.append((_rgb(frame), frame.pts))
+                                last = frame.time
+                                if len(batch) == batch_size:
+                                    flush()
+                        elif packet.dts is not None:  # the demuxer's empty end-of-stream ones
+                            packet.stream = copies[packet.stream]
+                            output.mux(packet)
+                    if batch:
+                        flush()
+                    _check_complete(done, stream, last)
+                except VideoError as err:
+                    if batch:  # decoded before the damage: colorized too
+                        flush()
+                    if done == 0:
+                        raise
+                    failure = err
                 output.mux(encoder.encode(None))
+        if failure is not None:
+            # Hours of work are not thrown away, nor written under a name that looks complete.
+            incomplete = target.with_name(f"{target.stem}.incomplete{target.suffix}")
+            os.replace(partial, incomplete)
+            raise VideoError(
+                f"{failure.reason} after {done} frames ({last or 0:.1f} s): those are in "
+                f"{incomplete.name}"
+            )
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

@@ -289,3 +289,26 @@ def test_a_phone_clip_is_colorized_upright_and_keeps_its_rotation(two_shots, tmp
         frame = next(container.decode(video=0))
     assert frame.rotation == -90 and (frame.height, frame.width) == tuple(stored[0].shape[1:])
     assert decode_frames(target)[0].shape == upright[0].shape  # decoded upright, as shown
+
+
+def test_a_film_damaged_near_its_end_keeps_what_was_colorized(two_shots, tmp_path):
+    """A cut Matroska film (its index up front, the end missing): the frames before the damage
+    are written as NAME.incomplete.mkv, never under the name of a complete film."""
+    whole = tmp_path / "whole.mkv"
+    write_video(whole, two_shots)
+    cut = tmp_path / "reel.mkv"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    target = tmp_path / "out" / "reel.mkv"
+    with pytest.raises(
+        VideoError,
+        match=r"truncated or corrupt after \d+ frames \(.* s\): those are in reel.incomplete",
+    ):
+        colorize_video(cut, target, lambda frames: frames, batch_size=4)
+    assert not target.exists()
+    kept = count_frames(tmp_path / "out" / "reel.incomplete.mkv")
+    assert 4 <= kept < len(two_shots)
+
+
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
