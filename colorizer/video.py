@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 import av.error
 import torch
+from av.video.reformatter import ColorRange, Colorspace
 
 from colorizer.flow import ChromaStabiliser
 from colorizer.inference import (
@@ -171,8 +172,7 @@ def colorize_video(
                     # The network sees frames upright; they are stored as they came.
                     upright = [_turn(f, turns) for f, _ in batch]
                     for (_, pts), rgb in zip(batch, colorizer(upright), strict=True):
-                        rgb = _turn(rgb, -turns).permute(1, 2, 0).contiguous()
-                        frame = av.VideoFrame.from_ndarray(rgb.numpy(), "rgb24")
+                        frame = _encode_rgb(encoder, _turn(rgb, -turns))
                         frame.pts, frame.time_base = pts, stream.time_base
                         output.mux(encoder.encode(frame))
                     done += len(batch)
@@ -245,7 +245,32 @@ def _new_encoder(
     encoder = output.add_stream(codec, rate=rate, options=options)
     encoder.width, encoder.height = size
     encoder.pix_fmt = _pixel_format(*size)
+    tag = _colour_tag(size[1])
+    context = encoder.codec_context
+    context.colorspace, context.color_primaries, context.color_trc = tag, tag, tag
+    context.color_range = ColorRange.MPEG
     return encoder
+
+
+def _colour_tag(height: int) -> int:
+    """The colour standard of a picture ``height`` rows high, as players assume it: BT.709
+    for HD (720 rows and more), BT.601 (SMPTE 170M) below. FFmpeg's number for it is the same
+    for the matrix, the primaries and the transfer: 1 and 6."""
+    return 1 if height >= 720 else 6
+
+
+def _encode_rgb(encoder: av.VideoStream, rgb: torch.Tensor) -> av.VideoFrame:
+    """uint8 sRGB ``[3, H, W]`` -> a frame in the encoder's format, converted with the matrix
+    its tags name (limited range), and tagged so: what players read is what was written."""
+    frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).contiguous().numpy(), "rgb24")
+    tag = encoder.codec_context.colorspace
+    matrix = Colorspace.ITU709 if tag == 1 else Colorspace.ITU601
+    frame = frame.reformat(
+        format=encoder.pix_fmt, dst_colorspace=matrix, dst_color_range=ColorRange.MPEG,
+        dst_color_trc=tag, dst_color_primaries=tag,
+    )  # fmt: skip
+    frame.colorspace = tag
+    return frame
 
 
 def _pixel_format(width: int, height: int) -> str:
@@ -327,8 +352,7 @@ def write_video(
             layout = "mono" if samples.shape[0] == 1 else "stereo"
             sound = output.add_stream(codec, rate=sample_rate, layout=layout)
         for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
-            output.mux(encoder.encode(frame))
+            output.mux(encoder.encode(_encode_rgb(encoder, rgb)))
         output.mux(encoder.encode(None))
         if audio is not None:
             chunk = av.AudioFrame.from_ndarray(samples.float().numpy(), "fltp", layout)

@@ -312,3 +312,20 @@ def test_a_film_damaged_near_its_end_keeps_what_was_colorized(two_shots, tmp_pat
 def count_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.mark.parametrize(("shape", "matrix"), [((720, 1280), "bt709"), ((96, 128), "smpte170m")])
+def test_colour_is_converted_and_tagged_as_players_read_it(tmp_path, shape, matrix):
+    """HD is BT.709, SD BT.601 (what players assume untagged), limited range, tagged: decoded
+    as tagged, the output's L is the input's up to the encoder."""
+    frames = camera_move(photo(data.astronaut()), 3, shape, pan=(1.0, 0.0))
+    source, target = tmp_path / "in.mp4", tmp_path / "out" / "in.mp4"
+    write_video(source, frames)
+    colorize_video(source, target, lambda frames: frames)
+    with av.open(str(target)) as container:
+        frame = next(container.decode(video=0))
+        tags = (frame.colorspace, frame.color_range, frame.color_primaries, frame.color_trc)
+    expected = {"bt709": (1, 1, 1, 1), "smpte170m": (6, 1, 6, 6)}[matrix]
+    assert tuple(int(tag) for tag in tags) == expected
+    out = lightness(decode_frames(target))  # one encoding from the decoded input
+    assert np.abs(out - lightness(decode_frames(source))).mean() < 1.0
