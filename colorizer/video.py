@@ -226,6 +226,10 @@ def _add_video_stream(
     encoder = _new_encoder(output, suffix, rate, size, crf)
     if source.codec_context.sample_aspect_ratio:  # anamorphic (DVD, DV): plays as it did
         encoder.codec_context.sample_aspect_ratio = source.codec_context.sample_aspect_ratio
+    if int(source.codec_context.colorspace) in _KNOWN_STANDARDS:  # the input says: follow it
+        tag = _KNOWN_STANDARDS[int(source.codec_context.colorspace)]
+        context = encoder.codec_context
+        context.colorspace, context.color_primaries, context.color_trc = tag, tag, tag
     if source.time_base is not None:
         encoder.time_base = encoder.codec_context.time_base = source.time_base
     return encoder
@@ -250,6 +254,11 @@ def _new_encoder(
     context.colorspace, context.color_primaries, context.color_trc = tag, tag, tag
     context.color_range = ColorRange.MPEG
     return encoder
+
+
+# FFmpeg's colour matrix numbers that name a standard -> the tag written: BT.709 (1), or
+# BT.601 (5: BT.470 BG, 6: SMPTE 170M), written as 6.
+_KNOWN_STANDARDS = {1: 1, 5: 6, 6: 6}
 
 
 def _colour_tag(height: int) -> int:

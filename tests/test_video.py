@@ -329,3 +329,27 @@ def test_colour_is_converted_and_tagged_as_players_read_it(tmp_path, shape, matr
     assert tuple(int(tag) for tag in tags) == expected
     out = lightness(decode_frames(target))  # one encoding from the decoded input
     assert np.abs(out - lightness(decode_frames(source))).mean() < 1.0
+
+
+def test_a_film_that_names_its_colour_standard_keeps_it(tmp_path):
+    """An SD film tagged BT.709 (as some camcorders write) is read and written as BT.709."""
+    frames = camera_move(photo(data.astronaut()), 2, (96, 128), pan=(1.0, 0.0))
+    source, target = tmp_path / "cam.mp4", tmp_path / "out" / "cam.mp4"
+    with av.open(str(source), "w") as output:
+        encoder = output.add_stream("libx264", rate=12)
+        encoder.height, encoder.width = 96, 128
+        encoder.pix_fmt = "yuv420p"
+        context = encoder.codec_context
+        context.colorspace = context.color_primaries = context.color_trc = 1
+        context.color_range = 1
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).numpy(), "rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range=1)
+            frame.colorspace = 1
+            output.mux(encoder.encode(frame))
+        output.mux(encoder.encode(None))
+    colorize_video(source, target, lambda frames: frames)
+    with av.open(str(target)) as container:
+        assert int(next(container.decode(video=0)).colorspace) == 1
+    out, given = lightness(decode_frames(target)), lightness(decode_frames(source))
+    assert np.abs(out - given).mean() < 1.0
