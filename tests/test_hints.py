@@ -61,10 +61,13 @@ def test_training_hints_follow_the_stated_distribution():
     assert abs((~hinted).float().mean().item() - 0.25) < 0.03  # a quarter get none
     torch.manual_seed(0)
     assert torch.equal(simulated_hints(truth, sampling), hints)  # seeded by the global RNG
-    # One image, many draws: the counts of the hinted ones average 1 + (1 - p) / p = 8.
-    counts = torch.full((2000,), 8)
-    one = random_hints(truth[:2000], counts, 64, 1)  # 1-pixel patches: count = pixels
-    assert 7.0 < one[:, 2].flatten(1).sum(1).mean().item() <= 8.0  # overlaps merge a few
+    # With 1-pixel patches a hinted image's revealed pixels are its points (a few overlap):
+    # 1 + Geometric(1/8) points average 8.
+    single = HintSampling(none_share=0.0, geometric_p=0.125, max_points=64, max_side=1)
+    points = simulated_hints(torch.zeros(4000, 2, 48, 48), single)[:, 2].flatten(1).sum(1)
+    assert 7.5 < points.mean().item() < 8.5 and points.min() >= 1
+    fixed = random_hints(truth[:500], torch.full((500,), 5), 64, 1)
+    assert (fixed[:, 2].flatten(1).sum(1) <= 5).all()  # exactly the count asked, less overlaps
     with pytest.raises(ConfigError, match="model.hint_sampling.geometric_p=0"):
         HintSampling(geometric_p=0)
 
