@@ -22,6 +22,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import submitit
+import torch
 from PIL import Image
 
 from colorizer.registry import MODELS
@@ -304,3 +305,8 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
         return train(cfg)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def as_frame(pixels: np.ndarray) -> torch.Tensor:
+    """An ``[H, W, 3]`` uint8 picture (scikit-image's sample photographs) as ``[3, H, W]``."""
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

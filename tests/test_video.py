@@ -26,7 +26,7 @@ from colorizer.video import (
     write_video,
 )
 from colorizer.video_eval import camera_move, chroma_of
-from tests.helpers import QUICK, train_run
+from tests.helpers import QUICK, as_frame, train_run
 
 SHAPE = (96, 128)  # frames of 128 x 96 px
 SHOT = 8  # frames per shot; the cut is at frame 8
@@ -39,16 +39,12 @@ FLICKERY += ["trainer.max_steps=150", "trainer.val_check_interval=150", "data.nu
 FLICKERY += ["data.num_test=16"]
 
 
-def photo(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-
-
 @pytest.fixture(scope="module")
 def two_shots() -> list[torch.Tensor]:
     """16 frames of two shots over real photographs: a diagonal pan over the astronaut, a cut,
     then a zooming pan over a cup of coffee."""
-    first = camera_move(photo(data.astronaut()), SHOT, SHAPE, pan=(1.7, 0.6))
-    second = camera_move(photo(data.coffee()), SHOT, SHAPE, pan=(-1.0, 0.3), zoom=1.03)
+    first = camera_move(as_frame(data.astronaut()), SHOT, SHAPE, pan=(1.7, 0.6))
+    second = camera_move(as_frame(data.coffee()), SHOT, SHAPE, pan=(-1.0, 0.3), zoom=1.03)
     return first + second
 
 
@@ -318,7 +314,7 @@ def count_frames(path: Path) -> int:
 def test_colour_is_converted_and_tagged_as_players_read_it(tmp_path, shape, matrix):
     """HD is BT.709, SD BT.601 (what players assume untagged), limited range, tagged: decoded
     as tagged, the output's L is the input's up to the encoder."""
-    frames = camera_move(photo(data.astronaut()), 3, shape, pan=(1.0, 0.0))
+    frames = camera_move(as_frame(data.astronaut()), 3, shape, pan=(1.0, 0.0))
     source, target = tmp_path / "in.mp4", tmp_path / "out" / "in.mp4"
     write_video(source, frames)
     colorize_video(source, target, lambda frames: frames)
@@ -333,7 +329,7 @@ def test_colour_is_converted_and_tagged_as_players_read_it(tmp_path, shape, matr
 
 def test_a_film_that_names_its_colour_standard_keeps_it(tmp_path):
     """An SD film tagged BT.709 (as some camcorders write) is read and written as BT.709."""
-    frames = camera_move(photo(data.astronaut()), 2, (96, 128), pan=(1.0, 0.0))
+    frames = camera_move(as_frame(data.astronaut()), 2, (96, 128), pan=(1.0, 0.0))
     source, target = tmp_path / "cam.mp4", tmp_path / "out" / "cam.mp4"
     with av.open(str(source), "w") as output:
         encoder = output.add_stream("libx264", rate=12)
