@@ -13,7 +13,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from torchvision.utils import make_grid, save_image
+from PIL import Image
+from torchvision.utils import make_grid
 
 from colorizer.errors import TrainingDiverged, require_int
 from colorizer.models.base import triplets
@@ -26,19 +27,23 @@ class SampleGrids(L.Callback):
 
     The images are the first ``num_images`` of the first validation batch, which is the same
     every epoch (validation is not shuffled), so grids of successive steps are comparable.
-    Always written as PNG files (``dirpath/step_NNNNNN.png`` at each validation and
-    ``dirpath/test.png``); also sent as images to W&B and TensorBoard when those log.
+    Always written as PNG files (``dirpath/step_NNNNNN.png`` at each validation within fit and
+    ``dirpath/test.png``); also sent as images to W&B and TensorBoard when those log. A later
+    ``trainer.validate`` (the run scoring its best checkpoint) makes no grid: it would replace
+    the final step's with an earlier model's. Each grid is converted to 8 bits once
+    (:func:`triplet_grid`), and those same pixels go to the file and to every logger.
     """
 
     def __init__(self, dirpath: str, num_images: int = 8) -> None:
         self.dirpath = Path(dirpath)
         self.num_images = num_images
-        self._grid: torch.Tensor | None = None
+        self._grid: np.ndarray | None = None
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+        first = batch_idx == 0 and dataloader_idx == 0
+        if first and trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._grid = self._make_grid(batch, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -50,27 +55,36 @@ class SampleGrids(L.Callback):
         if batch_idx == 0 and trainer.is_global_zero:
             self._publish(trainer, self._make_grid(batch, outputs), "test.png", "test")
 
-    def _make_grid(self, batch: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    def _make_grid(self, batch: torch.Tensor, prediction: torch.Tensor) -> np.ndarray:
         # The prediction the step scored (its precision, no second forward pass, and for a
         # compiled network no other batch size to compile for).
         n = self.num_images
         return triplet_grid(triplets(batch[:n], prediction[:n]))
 
-    def _publish(self, trainer, grid: torch.Tensor, name: str, stage: str) -> None:
+    def _publish(self, trainer, grid: np.ndarray, name: str, stage: str) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self.dirpath / name)
+        image = Image.fromarray(grid)
+        image.save(self.dirpath / name)
         key, step = f"samples/{stage}", trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                # A PIL image: wandb stores it as it is (a float tensor it would cast to
+                # uint8 unscaled, so [0, 1] became black).
                 caption = "rows: gray | prediction | truth"
-                logger.log_image(key=key, images=[grid], step=step, caption=[caption])
+                logger.log_image(key=key, images=[image], step=step, caption=[caption])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(key, grid, global_step=step)
+                # uint8 is taken as it is; floats would be scaled and truncated, not rounded.
+                logger.experiment.add_image(key, grid, global_step=step, dataformats="HWC")
 
 
-def triplet_grid(triplets: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, 3, H, W]`` gray / prediction / truth in [0, 1] -> ``[3, H', W']``, a row each."""
-    return make_grid(triplets.flatten(0, 1).float().cpu(), nrow=3, padding=2, pad_value=1.0)
+def triplet_grid(triplets: torch.Tensor) -> np.ndarray:
+    """Gray | prediction | truth rows as the 8-bit image every writer and logger gets.
+
+    ``[B, 3, 3, H, W]`` float in [0, 1] (clipped) -> uint8 RGB ``[B (H + 2) + 2, 3 (W + 2) + 2,
+    3]``: a row per image, 2-pixel white padding, each value rounded to the nearest level.
+    """
+    grid = make_grid(triplets.flatten(0, 1).float().cpu(), nrow=3, padding=2, pad_value=1.0)
+    return grid.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 class TrainingThroughput(L.Callback):

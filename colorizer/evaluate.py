@@ -29,8 +29,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from PIL import Image
 from rich.console import Console
-from torchvision.utils import save_image
 
 from colorizer.callbacks import triplet_grid
 from colorizer.cli import run_app
@@ -132,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         extra_files[-1].write_text("".join(f"{path}\n" for path in dataset.paths))
     if grid_rows:
         extra_files.append(output_dir / "samples.png")
-        save_image(triplet_grid(torch.stack(grid_rows)), extra_files[-1])
+        Image.fromarray(triplet_grid(torch.stack(grid_rows))).save(extra_files[-1])
     table = score_table(summary)
     markdown, tables = report(summary, table), [table]
     if counts:

@@ -6,13 +6,18 @@ import json
 import logging
 import struct
 import time
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
+from colorizer.callbacks import triplet_grid
 from colorizer.loggers import wandb_logger
 from colorizer.run import train
 from tests.helpers import QUICK
@@ -55,6 +60,48 @@ def _item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def wandb_sample_grids(records: list[wandb_internal_pb2.Record]) -> list[tuple[str, int, str]]:
+    """(stage, trainer step, media file relative to the run's ``files/``) of every sample grid
+    the run logged, in order."""
+    grids = []
+    for record in records:
+        if not record.HasField("history"):
+            continue
+        items = {_item_key(i): json.loads(i.value_json) for i in record.history.item}
+        for stage in ("val", "test"):
+            if f"samples/{stage}/filenames" in items:
+                (file,) = items[f"samples/{stage}/filenames"]
+                grids.append((stage, int(items["trainer/global_step"]), file))
+    return grids
+
+
+def local_grid(run: Path, stage: str, step: int) -> np.ndarray:
+    """The grid the run wrote to ``run/samples/`` for that stage and step: uint8 [H, W, 3]."""
+    name = "test.png" if stage == "test" else f"step_{step:06d}.png"
+    return png_pixels((run / "samples" / name).read_bytes())
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    """A PNG file's pixels as they are stored (no mode conversion): uint8 [H, W, C]."""
+    return np.asarray(Image.open(BytesIO(data)))
+
+
+def assert_same_grid(logged: np.ndarray, local: np.ndarray, where: str) -> None:
+    """The logger's image is the run directory's grid, pixel for pixel (PNG is lossless)."""
+    assert logged.dtype == np.uint8 and logged.shape == local.shape, where
+    assert (logged[:2] == 255).all(), f"{where}: the white border (1.0) is not 255"
+    mean_logged, mean_local = logged.mean(), local.mean()
+    assert np.array_equal(logged, local), f"{where}: mean {mean_logged:.2f} vs {mean_local:.2f}"
+
+
+def assert_one_grid_per_validation(grids: list[tuple[str, int]], run: Path) -> None:
+    """One validation grid per local ``step_N.png`` (and no other), and one test grid."""
+    val_steps = [step for stage, step in grids if stage == "val"]
+    files = sorted(int(p.stem.removeprefix("step_")) for p in (run / "samples").glob("step_*"))
+    assert sorted(val_steps) == files and len(files) >= 2
+    assert [stage for stage, _ in grids].count("test") == 1
+
+
 @pytest.fixture
 def no_wandb_credentials(tmp_path, monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
@@ -80,9 +127,11 @@ def test_wandb_goes_offline_without_credentials_and_records_everything(
     assert "AlphaColorizer" in config["config"]  # the whole composed config, as the run config
     run = next(r.run for r in records if r.HasField("run"))
     assert run.project == "colorizer" and list(run.tags) == ["smoke"]
-    images = list(run_file.parent.glob("files/media/images/samples/*.png"))
-    assert any(p.name.startswith("val_") for p in images)
-    assert any(p.name.startswith("test_") for p in images)
+    grids = wandb_sample_grids(records)
+    assert_one_grid_per_validation([(stage, step) for stage, step, _ in grids], tmp_path / "run")
+    for stage, step, file in grids:
+        logged = png_pixels((run_file.parent / "files" / file).read_bytes())
+        assert_same_grid(logged, local_grid(tmp_path / "run", stage, step), f"W&B {file}")
 
 
 @pytest.mark.slow
@@ -115,6 +164,31 @@ def test_tensorboard_gets_scalars_and_sample_grids(make_cfg, tmp_path):
     scalars, images = set(accumulator.Tags()["scalars"]), set(accumulator.Tags()["images"])
     assert {"train/loss", "val/psnr", "val/gray_psnr", "test/psnr"} <= scalars
     assert {"samples/val", "samples/test"} <= images
+    grids = [
+        (stage, event.step, png_pixels(event.encoded_image_string))
+        for stage in ("val", "test")
+        for event in accumulator.Images(f"samples/{stage}")
+    ]
+    assert_one_grid_per_validation([(stage, step) for stage, step, _ in grids], tmp_path / "run")
+    for stage, step, logged in grids:
+        where = f"TensorBoard samples/{stage} at step {step}"
+        assert_same_grid(logged, local_grid(tmp_path / "run", stage, step), where)
+
+
+def test_sample_grid_is_uint8_rgb_rows_of_gray_prediction_truth():
+    """Float triplets in [0, 1] (out-of-range values clipped) -> the uint8 [H, W, 3] grid that
+    is written and logged: rounded, white 2-pixel padding, a row per image."""
+    triplets = torch.zeros(2, 3, 3, 4, 5)
+    triplets[0, 1] = 0.73  # the first image's prediction: 186.15 -> 186
+    triplets[1, 2, 0] = 0.999  # the second image's truth, red: 254.7 -> 255, not 254
+    triplets[1, 0] = torch.tensor([1.5, -0.5, 0.5]).view(3, 1, 1)  # clipped to 255, 0; 128
+    grid = triplet_grid(triplets)
+    assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 6, 2 + 3 * 7, 3)
+    assert (grid[:2] == 255).all() and (grid[:, :2] == 255).all()
+    tile = {(row, column): grid[2 + 6 * row : 6 + 6 * row, 2 + 7 * column : 7 + 7 * column]
+            for row in range(2) for column in range(3)}  # fmt: skip
+    assert (tile[0, 0] == 0).all() and (tile[0, 1] == 186).all() and (tile[0, 2] == 0).all()
+    assert (tile[1, 0] == [255, 0, 128]).all() and (tile[1, 2] == [255, 0, 0]).all()
 
 
 def test_csv_logger_keeps_the_history_and_the_config(make_cfg, tmp_path):
