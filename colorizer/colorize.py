@@ -140,7 +140,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
             bar.advance(task, len(batch))
         finish_writes(keep=0)
         photo_seconds = time.perf_counter() - start
-        frames, failed_videos = _colorize_videos(network, videos, size, cfg, bar)
+        frames, failed_videos, not_carried = _colorize_videos(network, videos, size, cfg, bar)
     failed |= failed_videos
     seconds = time.perf_counter() - start
     summary = {
@@ -164,6 +164,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
         "hints_unmatched": unmatched,
         "frames": frames,
         "frames_per_s": _rate(frames, seconds - photo_seconds),
+        "not_carried": not_carried,
         "output": str(Path(str(cfg.output)).resolve()),
     }
     _report(summary, console, Path(str(cfg.paths.output_dir)))
@@ -236,10 +237,10 @@ def _hints_of(
 
 def _colorize_videos(
     network: ChromaNetwork, videos: list[Job], size: int, cfg: DictConfig, bar: Any
-) -> tuple[int, dict[Path, str]]:
+) -> tuple[int, dict[Path, str], dict[str, list[str]]]:
     """Colorize each video at working size ``size`` (a progress bar of frames each); returns
-    the frames written and the failures' reasons."""
-    frames, failed = 0, {}
+    the frames written, the failures' reasons and, per video, the streams not carried."""
+    frames, failed, not_carried = 0, {}, {}
     for job in videos:
         task = bar.add_task(job.source.name, total=None, unit="frames")
 
@@ -247,10 +248,10 @@ def _colorize_videos(
             bar.update(task, completed=done, total=total)
 
         colorizer = FrameColorizer(network, size, str(cfg.temporal))
+        left: list[str] = []
         try:
-            frames += colorize_video(
-                job.source, job.target, colorizer, cfg.batch_size, cfg.crf, progress=show
-            )
+            frames += colorize_video(job.source, job.target, colorizer, cfg.batch_size, cfg.crf,
+                                     progress=show, not_carried=left)  # fmt: skip
         except VideoError as err:
             failed[job.source] = err.reason
         except (OSError, av.error.FFmpegError) as err:
@@ -258,7 +259,9 @@ def _colorize_videos(
         except (RuntimeError, MemoryError) as err:
             failed[job.source] = _describe_failure(err)
         bar.update(task, visible=False)
-    return frames, failed
+        if left and job.source not in failed:
+            not_carried[str(job.source)] = left
+    return frames, failed, not_carried
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -287,6 +290,8 @@ def _report(summary: dict[str, Any], console: Console, run_dir: Path) -> None:
     """Write summary.json to the run directory; print the failures and a summary line."""
     listed = list(summary["failures"].items())[:_MAX_LISTED_FAILURES]
     lines = [f"failed: {path}: {reason}" for path, reason in listed]
+    lines += [f"not carried from {path}: {what}"
+              for path, notes in summary["not_carried"].items() for what in notes]  # fmt: skip
     hidden = summary["failed"] - _MAX_LISTED_FAILURES
     if hidden > 0:
         lines.append(f"... and {hidden} more failures: see {run_dir / 'summary.json'}")

@@ -9,8 +9,10 @@ hidden file next to the target and renamed when complete: a video that fails to 
 halfway, or to encode, leaves nothing behind.
 
 Encoding: H.264 (libx264, ``crf``) in every container but WebM, which takes VP9; 4:2:0
-chroma when the size is even, 4:4:4 otherwise (4:2:0 needs even sizes). The encoder rounds,
-so the output's L is the input's up to the codec's loss (about 1 L unit at ``crf=17``).
+chroma, which players expect: an odd-sized picture is padded to even sizes for H.264 by
+repeating its last column or row (VP9 keeps odd sizes). The encoder rounds, so the output's L
+is the input's up to the codec's loss (about 1 L unit at ``crf=17``). Subtitle streams and
+every tag (titles, languages, a timecode) are carried as the audio is.
 """
 
 from __future__ import annotations
@@ -144,9 +146,12 @@ def colorize_video(
     batch_size: int = 8,
     crf: int = 17,
     progress: Callable[[int, int | None], None] | None = None,
+    not_carried: list[str] | None = None,
 ) -> int:
     """Colorize ``source`` into ``target`` (same container; written atomically); returns
     the number of frames. ``progress(done, total)`` after each batch (total may be None).
+    Audio and subtitle streams are copied, with every stream's and the container's tags; what
+    the output cannot carry is described, one line each, in ``not_carried``.
 
     Raises ``VideoError`` for an input that cannot be read: nothing is written when no frame
     could be decoded; otherwise the frames colorized before the damage are kept as
@@ -163,8 +168,9 @@ def colorize_video(
                 encoder = _add_video_stream(output, stream, target.suffix.lower(), crf)
                 if turns:  # the same tag: the stored pixels stay as they were
                     encoder.set_display_rotation(90 * turns)
-                copies = {audio: output.add_stream_from_template(audio)
-                          for audio in container.streams.audio}  # fmt: skip
+                copies, left = _carry_streams(container, stream, output, target.suffix.lower())
+                if not_carried is not None:
+                    not_carried.extend(left)
                 done, batch, last = 0, [], None
 
                 def flush() -> None:
@@ -216,6 +222,48 @@ def colorize_video(
     return done
 
 
+# Tags a muxer writes itself (or that describe the old encoding): never copied.
+_MUXER_TAGS = {"encoder", "duration", "major_brand", "minor_version", "compatible_brands",
+               "bps", "number_of_frames", "number_of_bytes"}  # fmt: skip
+
+
+def copied_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """A container's or stream's tags (title, language, timecode, creation time, ...) without
+    the ones the muxer writes for the new file."""
+    return {key: value for key, value in metadata.items()
+            if key.lower() not in _MUXER_TAGS and not key.startswith("_STATISTICS")}  # fmt: skip
+
+
+def _carry_streams(
+    container: av.container.InputContainer, video: av.VideoStream,
+    output: av.container.OutputContainer, suffix: str,
+) -> tuple[dict[av.stream.Stream, av.stream.Stream], list[str]]:  # fmt: skip
+    """Set up the copy of everything but ``video`` into ``output``: the container's tags, and
+    each audio and subtitle stream (packets copied later, tags now). Returns input stream ->
+    its copy, and one line for each stream that is not carried, saying why."""
+    output.metadata.update(copied_tags(container.metadata))
+    copies, left = {}, []
+    for source in container.streams:
+        codec = source.codec_context.name if source.codec_context else None
+        name = f"{source.type} stream #{source.index} ({codec or 'unknown codec'})"
+        if source is video:
+            continue
+        if source.type in ("audio", "subtitle"):
+            try:
+                copies[source] = output.add_stream_from_template(source)
+            except ValueError:  # the container cannot hold that codec
+                left.append(f"{name}: {suffix} cannot hold {codec}")
+                continue
+            copies[source].metadata.update(copied_tags(source.metadata))
+        elif source.type == "data" and "timecode" in source.metadata:
+            continue  # QuickTime's timecode track: written again from the video's timecode tag
+        elif source.type == "video":
+            left.append(f"{name}: only the first video stream is colorized")
+        else:
+            left.append(f"{name}: {source.type} streams are not copied")
+    return copies, left
+
+
 def _add_video_stream(
     output: av.container.OutputContainer, source: av.VideoStream, suffix: str, crf: int
 ) -> av.VideoStream:
@@ -224,6 +272,7 @@ def _add_video_stream(
     rate = source.average_rate or source.guessed_rate or Fraction(25)
     size = source.codec_context.width, source.codec_context.height
     encoder = _new_encoder(output, suffix, rate, size, crf)
+    encoder.metadata.update(copied_tags(source.metadata))  # language, title, timecode, ...
     if source.codec_context.sample_aspect_ratio:  # anamorphic (DVD, DV): plays as it did
         encoder.codec_context.sample_aspect_ratio = source.codec_context.sample_aspect_ratio
     if int(source.codec_context.colorspace) in _KNOWN_STANDARDS:  # the input says: follow it
@@ -247,8 +296,9 @@ def _new_encoder(
     if suffix == ".avi":
         options["bf"] = "0"
     encoder = output.add_stream(codec, rate=rate, options=options)
-    encoder.width, encoder.height = size
-    encoder.pix_fmt = _pixel_format(*size)
+    # 4:2:0 halves the chroma planes: H.264 needs even sizes (VP9 rounds up itself).
+    encoder.width, encoder.height = size if codec == "libvpx-vp9" else _even(*size)
+    encoder.pix_fmt = "yuv420p"
     tag = _colour_tag(size[1])
     context = encoder.codec_context
     context.colorspace, context.color_primaries, context.color_trc = tag, tag, tag
@@ -271,6 +321,7 @@ def _colour_tag(height: int) -> int:
 def _encode_rgb(encoder: av.VideoStream, rgb: torch.Tensor) -> av.VideoFrame:
     """uint8 sRGB ``[3, H, W]`` -> a frame in the encoder's format, converted with the matrix
     its tags name (limited range), and tagged so: what players read is what was written."""
+    rgb = _pad_to(rgb, encoder.width, encoder.height)
     frame = av.VideoFrame.from_ndarray(rgb.permute(1, 2, 0).contiguous().numpy(), "rgb24")
     tag = encoder.codec_context.colorspace
     matrix = Colorspace.ITU709 if tag == 1 else Colorspace.ITU601
@@ -282,9 +333,18 @@ def _encode_rgb(encoder: av.VideoStream, rgb: torch.Tensor) -> av.VideoFrame:
     return frame
 
 
-def _pixel_format(width: int, height: int) -> str:
-    """4:2:0 chroma, what players expect, needs even sizes; 4:4:4 keeps odd ones."""
-    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+def _even(width: int, height: int) -> tuple[int, int]:
+    return width + width % 2, height + height % 2
+
+
+def _pad_to(rgb: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``[3, h, w]`` grown to ``[3, height, width]`` by repeating its last row and column."""
+    rows, columns = height - rgb.shape[1], width - rgb.shape[2]
+    if rows:
+        rgb = torch.cat([rgb, rgb[:, -1:].expand(-1, rows, -1)], dim=1)
+    if columns:
+        rgb = torch.cat([rgb, rgb[:, :, -1:].expand(-1, -1, columns)], dim=2)
+    return rgb
 
 
 def _demux(container: av.container.InputContainer, *streams: av.stream.Stream) -> Iterator:

