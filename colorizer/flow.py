@@ -1,13 +1,14 @@
-"""Motion between video frames, and the two things built on it: a flow-guided chroma
-stabiliser (``temporal=flow``) and the flicker metric (warping error).
+"""Motion between video frames, and the flow-guided chroma stabiliser built on it
+(``temporal=flow``). Shot cuts found here also delimit the pairs the flicker metric
+(``colorizer.warping_error``) scores.
 
 Motion is OpenCV's DIS optical flow computed on CIE L, which colorization never changes, so
 the same motion holds for the input, the truth and every colorization of a clip. A pixel of
 frame t is followed back into frame t - 1 (backward warping); where that fails (occlusions,
 pixels entering the frame, lighting changes) the L warped from t - 1 disagrees with frame t's
-own L, which is how both the stabiliser and the metric tell trusted pixels from the others.
-Shot cuts (a jump in the L histogram, or a frame that the flow can hardly follow) reset the
-stabiliser and are left out of the metric.
+own L, which is how the stabiliser tells trusted pixels from the others. Shot cuts (a jump in
+the L histogram, or a frame that the flow can hardly follow) reset the stabiliser and are left
+out of the metric.
 
 Arrays here are NumPy, as OpenCV wants them: L as uint8 ``[H, W]`` (CIE L x 2.55), chroma as
 float32 ``[H, W, 2]`` (a, b; in any unit, the same for all frames).
@@ -38,8 +39,8 @@ BAR_LEVEL = 16
 pair, is a letterbox or pillarbox bar and left out of cut detection."""
 
 TRUSTED_L_ERROR = 4.0
-"""L units: a pixel is followed back (for the flicker metric and cut detection) when its L and
-the L warped from the previous frame differ by less (ΔL)."""
+"""L units: a pixel is followed back (for cut detection) when its L and the L warped from the
+previous frame differ by less (ΔL)."""
 
 STABILISER_L_SCALE = 8.0
 """L units: the stabiliser trusts the warped chroma of a pixel by exp(-(ΔL / 8)^2)."""
@@ -191,41 +192,3 @@ def _gradual_transition(drift: np.ndarray, motion: Motion) -> bool:
     if not tracked.any():
         return False
     return float(np.median(drift[motion.active][tracked])) > GRADUAL_L_DRIFT
-
-
-class FlickerMeter:
-    """Warping error of several colorizations of one clip at once, frame by frame.
-
-    For each pair of consecutive frames within a shot: the mean over trusted pixels (from
-    inside the previous frame, ``ΔL < TRUSTED_L_ERROR``) of ``|ab_t - warp(ab_{t-1})|`` (the
-    Euclidean length of the ab difference, in ab units), the flow computed on the clip's own
-    L. ``errors()`` averages over pairs; pairs across cuts are left out (and counted).
-    """
-
-    def __init__(self) -> None:
-        self.previous: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
-        self.totals: dict[str, float] = {}
-        self.pairs = 0
-        self.cuts: list[int] = []
-        self.frames = 0
-
-    def update(self, lightness: np.ndarray, chroma: dict[str, np.ndarray]) -> None:
-        """uint8 L ``[H, W]`` of the next frame and its chroma ``[H, W, 2]`` per colorization."""
-        if self.previous is not None:
-            motion = Motion(self.previous[0], lightness)
-            if motion.cut:
-                self.cuts.append(self.frames)
-            else:
-                trusted = motion.l_error < TRUSTED_L_ERROR
-                for name, ab in chroma.items():
-                    change = np.linalg.norm(ab - motion.warp(self.previous[1][name]), axis=-1)
-                    self.totals[name] = self.totals.get(name, 0.0) + float(
-                        change[trusted].mean() if trusted.any() else 0.0
-                    )
-                self.pairs += 1
-        self.previous = (lightness, chroma)
-        self.frames += 1
-
-    def errors(self) -> dict[str, float]:
-        """Mean warping error per colorization (ab units), over the pairs within shots."""
-        return {name: total / max(self.pairs, 1) for name, total in self.totals.items()}

@@ -1,23 +1,32 @@
 """Video evaluation: ``python -m colorizer.evaluate ckpt_path=X videos=DIR``.
 
 Colour videos are the truth: each is colorized from its own L twice, frame by frame
-(``temporal=none``) and stabilised (``temporal=flow``), exactly as ``colorizer.colorize``
-writes them (full resolution, the L kept) and scored next to the gray baseline (ab = 0):
+(``temporal=none``) and stabilised (``temporal=flow``), and made gray (ab = 0), each written
+to a file exactly as ``colorizer.colorize`` writes it (full resolution, the L kept, encoded)
+and decoded again; the scores are of what a viewer would see:
 
 - ``psnr``: of each output frame against the true frame, sRGB in [0, 1], averaged over frames;
-- ``warping_error``: flicker, the mean ``|Δab|`` between each frame's chroma and the previous
-  frame's warped onto it by the optical flow of the clip's own L, over the pixels the flow
-  follows, pairs across a shot cut left out (``colorizer.flow.FlickerMeter``). The truth's
-  own warping error (real colour changes too, and the flow is not perfect) is the floor that
-  a colorization as stable as the real video would reach; the gray baseline's is ~0 (no colour).
+- ``warping_error``: flicker, Lai et al.'s (2018) warping error (``colorizer.warping_error``):
+  the squared RGB difference between each frame and the next warped back onto it by the
+  Farneback optical flow of the clip's L, over the pixels that flow follows both ways;
+- ``cf`` and ``warping_error_per_cf``: the output's colourfulness (Hasler & Süsstrunk, as for
+  photos) and the warping error (x 1000) per unit of it. A dull colorization flickers little
+  because it has little colour to flicker with; this ratio does not reward that.
+
+The truth's own warping error (real changes, the flow's errors, the codec) is what a
+colorization as stable as the real video would reach.
 
 Writes ``metrics.json`` (``video/psnr``, ``video/flow_psnr``, ``video/gray_psnr``,
-``video/warping_error``, ...) and ``report.md`` into the run directory.
+``video/warping_error``, ``video/flow_warping_error_per_cf``, ...) and ``report.md`` into
+the run directory.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,7 @@ from colorizer.color import rgb_to_lab
 from colorizer.console import image_progress
 from colorizer.data.images import list_image_files
 from colorizer.errors import ConfigError, DataError, require_int
-from colorizer.flow import FlickerMeter, lightness_u8
+from colorizer.flow import lightness_u8
 from colorizer.inference import (
     full_lightness,
     merge_full_resolution,
@@ -39,11 +48,12 @@ from colorizer.inference import (
     resize_planes,
     resolve_device,
 )
-from colorizer.metrics import psnr_per_image
+from colorizer.metrics import colourfulness, psnr_per_image
 from colorizer.models.spec import check_size_option
 from colorizer.photo_files import VIDEO_EXTENSIONS
 from colorizer.report import ResultTable, cell, markdown_report, write_report
-from colorizer.video import FrameColorizer, VideoError, decode_frames
+from colorizer.video import FrameColorizer, VideoError, colorize_video, decode_frames
+from colorizer.warping_error import WarpingError
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +64,13 @@ ROWS = {
 }
 ROWS |= {"gray": ("gray_", "gray baseline"), "truth": ("truth_", "truth (the real video)")}
 DEFINITIONS = (
-    "PSNR: each output frame vs the true frame, sRGB in [0, 1] (data_range 1), averaged over "
-    "frames. Warping error: mean |Δab| (CIE ab units, Euclidean) between each frame's chroma "
-    "and the previous frame's warped onto it by the DIS optical flow of the clip's L, over "
-    "the pixels the flow follows (warped L within 4 L units), averaged over frame pairs "
-    "within a shot (pairs across a detected cut are left out)."
+    "Every output is scored as written (encoded) and decoded. PSNR: each output frame vs the "
+    "true frame, sRGB in [0, 1] (data_range 1), averaged over frames. Warping error (Lai et "
+    "al. 2018), x 10^-3: the squared RGB difference (sRGB in [0, 1], summed over channels) "
+    "between each frame and the next warped onto it by the Farneback optical flow of the "
+    "clip's L, over the pixels whose flow is forward-backward consistent, averaged over frame "
+    "pairs within a shot (pairs across a detected cut are left out). CF: colourfulness "
+    "(Hasler & Süsstrunk, 0-255 scale); per CF: the warping error (x 10^-3) divided by it."
 )
 
 
@@ -71,21 +83,24 @@ def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
     size = network.spec.working_size(cfg.size)
     paths = video_files(str(cfg.videos))
     psnr: dict[str, list[float]] = {name: [] for name in ROWS if name != "truth"}
+    colour: dict[str, list[float]] = {name: [] for name in ROWS}
     flicker: dict[str, list[float]] = {name: [] for name in ROWS}
     skipped, cuts, pairs = {}, {}, 0
     console = Console()
-    with image_progress(console) as bar:
+    with image_progress(console) as bar, tempfile.TemporaryDirectory() as scratch:
         task = bar.add_task("evaluating videos", total=len(paths), unit="videos")
         for path in paths:
             try:
-                frames = decode_frames(path)
+                clip = score_clip(network, path, size, cfg.batch_size, Path(scratch))
             except VideoError as err:
                 skipped[str(path)] = err.reason
                 continue
-            meter = score_clip(network, frames, size, cfg.batch_size, psnr)
-            for name, error in meter.errors().items():
-                flicker[name].append(error)
-            cuts[str(path)], pairs = meter.cuts, pairs + meter.pairs
+            for name in ROWS:
+                if name in psnr:
+                    psnr[name].extend(clip.psnr[name])
+                colour[name].extend(clip.colourfulness[name])
+                flicker[name].append(clip.warping_errors[name])
+            cuts[str(path)], pairs = clip.cuts, pairs + clip.pairs
             bar.advance(task)
     if skipped:
         log.warning("skipped %d unreadable videos: %s", len(skipped), skipped)
@@ -106,7 +121,11 @@ def evaluate_videos(cfg: DictConfig) -> dict[str, Any]:
     for name, (prefix, _) in ROWS.items():
         if name in psnr:
             summary[f"video/{prefix}psnr"] = float(np.mean(psnr[name]))
-        summary[f"video/{prefix}warping_error"] = float(np.mean(flicker[name]))
+        error, cf = float(np.mean(flicker[name])), float(np.mean(colour[name]))
+        summary[f"video/{prefix}warping_error"] = error
+        summary[f"video/{prefix}cf"] = cf
+        # Per unit of colour; undefined for (nearly) gray output.
+        summary[f"video/{prefix}warping_error_per_cf"] = 1000 * error / cf if cf >= 1 else None
     table = video_table(summary)
     write_report(Path(str(cfg.paths.output_dir)), summary, table=table,
                  markdown=video_report(summary, table), console=console)  # fmt: skip
@@ -127,30 +146,56 @@ def video_files(pattern: str) -> list[Path]:
     return files
 
 
-def score_clip(
-    network: Any, frames: list[torch.Tensor], size: int, batch_size: int,
-    psnr: dict[str, list[float]],
-) -> FlickerMeter:  # fmt: skip
-    """Colorize one clip (uint8 ``[3, H, W]`` frames, the truth) per frame, with flow and as
-    the gray baseline; append each output frame's PSNR to ``psnr[row]``; returns the clip's
-    ``FlickerMeter``."""
-    colorizers = {"model": FrameColorizer(network, size, "none")}
-    colorizers["flow"] = FrameColorizer(network, size, "flow")
-    meter = FlickerMeter()
-    for start in range(0, len(frames), batch_size):
-        truth = frames[start : start + batch_size]
-        (lightness,) = full_lightness([torch.stack(truth)], network.device)
-        outputs = {name: colorizer(truth) for name, colorizer in colorizers.items()}
-        no_colour = torch.zeros_like(lightness).expand(-1, 2, -1, -1)
-        outputs["gray"] = list(merge_full_resolution(lightness, no_colour))
-        for name in psnr:
-            scores = psnr_per_image(torch.stack(outputs[name]) / 255.0, torch.stack(truth) / 255.0)
-            psnr[name].extend(scores.tolist())
-        outputs["truth"] = truth
+@dataclass
+class ClipScores:
+    """One clip's scores per version (``ROWS``): PSNR and colourfulness of each frame, the
+    warping error; the cuts found and the frame pairs scored."""
+
+    psnr: dict[str, list[float]]
+    colourfulness: dict[str, list[float]]
+    warping_errors: dict[str, float]
+    cuts: list[int]
+    pairs: int
+
+
+def score_clip(network: Any, path: Path, size: int, batch_size: int, scratch: Path) -> ClipScores:
+    """Colorize the colour video ``path`` per frame, with flow and as the gray baseline, each
+    written into ``scratch`` as ``colorizer.colorize`` writes it and decoded again; score them
+    and the true video itself. ``VideoError`` if ``path`` cannot be read."""
+    versions: dict[str, Callable[[list[torch.Tensor]], list[torch.Tensor]]] = {
+        "model": FrameColorizer(network, size, "none"),
+        "flow": FrameColorizer(network, size, "flow"),
+        "gray": lambda frames: gray_frames(frames, network.device),
+    }
+    outputs = {"truth": decode_frames(path)}
+    for name, colorizer in versions.items():
+        written = scratch / f"{name}{path.suffix}"
+        colorize_video(path, written, colorizer, batch_size)
+        outputs[name] = decode_frames(written)
+    truth = outputs["truth"]
+    meter = WarpingError()
+    scores = ClipScores({name: [] for name in versions}, {name: [] for name in ROWS}, {}, [], 0)
+    for start in range(0, len(truth), batch_size):
+        stacked = {name: torch.stack(frames[start : start + batch_size])
+                   for name, frames in outputs.items()}  # fmt: skip
+        (lightness,) = full_lightness([stacked["truth"]], torch.device("cpu"))
+        batch = {name: frames.float() / 255 for name, frames in stacked.items()}
+        for name in versions:
+            scores.psnr[name] += psnr_per_image(batch[name], batch["truth"]).tolist()
+        for name, frames in batch.items():
+            scores.colourfulness[name] += colourfulness(frames).tolist()
         for i, l_full in enumerate(lightness.split(1)):
-            chroma = {name: chroma_of(frames_out[i]) for name, frames_out in outputs.items()}
-            meter.update(lightness_u8(l_full), chroma)
-    return meter
+            rgb = {name: frames[i].permute(1, 2, 0).numpy() for name, frames in batch.items()}
+            meter.update(lightness_u8(l_full), rgb)
+    scores.warping_errors, scores.cuts, scores.pairs = meter.errors(), meter.cuts, meter.pairs
+    return scores
+
+
+def gray_frames(frames: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The gray baseline of uint8 sRGB ``[3, H, W]`` frames (their L, ab = 0), uint8 too."""
+    (lightness,) = full_lightness([torch.stack(frames)], device)
+    no_colour = torch.zeros_like(lightness).expand(-1, 2, -1, -1)
+    return list(merge_full_resolution(lightness, no_colour))
 
 
 def chroma_of(image: torch.Tensor) -> np.ndarray:
@@ -159,12 +204,17 @@ def chroma_of(image: torch.Tensor) -> np.ndarray:
 
 
 def video_table(summary: dict[str, Any]) -> ResultTable:
-    """Per frame, temporal=flow, gray baseline and truth: PSNR and warping error."""
-    table = ResultTable(f"{summary['num_videos']} videos, {summary['num_frames']} frames",
-                        ["", "PSNR (dB)", "warping error"], caption=DEFINITIONS)  # fmt: skip
+    """Per frame, temporal=flow, gray baseline and truth: PSNR, warping error, CF, per CF."""
+    table = ResultTable(
+        f"{summary['num_videos']} videos, {summary['num_frames']} frames",
+        ["", "PSNR (dB)", "warping error (x10^-3)", "CF", "warping error per CF"],
+        caption=DEFINITIONS,
+    )
     for prefix, label in ROWS.values():
         psnr = summary.get(f"video/{prefix}psnr")
-        table.add_row(label, cell(psnr, 2), cell(summary[f"video/{prefix}warping_error"], 3))
+        error = 1000 * summary[f"video/{prefix}warping_error"]
+        table.add_row(label, cell(psnr, 2), cell(error, 3), cell(summary[f"video/{prefix}cf"], 2),
+                      cell(summary[f"video/{prefix}warping_error_per_cf"], 4))  # fmt: skip
     return table
 
 

@@ -13,9 +13,11 @@ for name in alpha beta fullcnn gan; do
   shift
   "$python" -m colorizer.evaluate "ckpt_path=$ckpt" "videos=$out/clips" size=256 \
     batch_size=8 device=cpu "hydra.run.dir=$out/flicker_$name" > "$out/flicker_$name.log" 2>&1
-  grep -o '"video/[a-z_]*": [0-9.]*' "$out/flicker_$name/metrics.json" | tr '\n' ' '
+  grep -o '"video/[a-z_]*": [0-9.e-]*' "$out/flicker_$name/metrics.json" | tr '\n' ' '
   echo "<- $name"
 done
+# The metric's floor: steady colours written as colorize writes films.
+"$python" experiments/video_flicker/floor.py "$out/clips" | tee "$out/floor.txt"
 # Speed: decode + colorize + encode of a 640x360 film (24 frames), untrained weights (speed
 # does not depend on them); the other bench measures are cut short and not reported.
 brief=(warmup=1 steps=1 repeats=1 data_batches=1 trainer.accelerator=cpu video.repeats=3)
