@@ -91,7 +91,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     videos = [job for job in waiting if job.is_video]
     done = recoloured = 0
     loader = image_loader(
-        PhotoFiles(todo),
+        PhotoFiles(todo, cfg.max_megapixels),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers if todo else 0,  # no worker processes for videos alone
         device=device,
@@ -179,6 +179,10 @@ def _check(cfg: DictConfig) -> None:
     if cfg.quality > 100:
         raise ConfigError(f"quality={cfg.quality} must be at most 100")
     require_int("num_workers", cfg.num_workers, least=0)
+    if isinstance(cfg.max_megapixels, bool) or not isinstance(cfg.max_megapixels, int | float):
+        raise ConfigError(f"max_megapixels={cfg.max_megapixels} must be a number of megapixels")
+    if cfg.max_megapixels <= 0:
+        raise ConfigError(f"max_megapixels={cfg.max_megapixels} must be positive")
     if cfg.format is not None and cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format} is not one of: null, {', '.join(FORMATS)}")
     if cfg.color_inputs not in COLOR_INPUTS:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from colorizer.color import AB_SCALE, L_SCALE, merge_lab, normalize_l, rgb_to_lab
 from colorizer.errors import ConfigError
+from colorizer.full_resolution import merge_in_strips, resize_planes, working_lightness
 from colorizer.hints import HINT_CHANNELS, HintPoint
 from colorizer.models import ColorizationModule, load_model
 from colorizer.models.base import predict_ab_with
@@ -200,18 +200,23 @@ def colorize_full_resolution(
 
     Args:
         network: the backend.
-        images: uint8 ``[3, H, W]`` sRGB (a gray photo has R = G = B); colour is ignored,
-            only each photo's luminance is used.
+        images: uint8 ``[3, H, W]`` sRGB, or gray ``[1, H, W]`` uint8 or uint16; colour is
+            ignored, only each photo's luminance is used.
         size: the working size (``working_shape``).
         hints: for a hint-taking network, each photo's ``HintPoint`` list (None: no hints).
 
     Returns:
-        uint8 ``[3, H, W]`` sRGB on the CPU, each the size of its input, with its L.
+        sRGB ``[3, H, W]`` on the CPU, each the size of its input, with its L; uint16 for a
+        uint16 photo, else uint8. Merged in strips (``colorizer.full_resolution``), so the
+        memory it takes beyond the input and output does not grow with the photo.
     """
-    lightness = full_lightness(images, network.device)
-    chroma = working_chroma(network, lightness, size, hints)
-    pairs = zip(lightness, chroma, strict=True)
-    return [merge_full_resolution(l_full, ab)[0] for l_full, ab in pairs]
+    device, fixed = network.device, network.input_size
+    small = [
+        working_lightness(image, working_shape(*image.shape[-2:], size, fixed), device)
+        for image in images
+    ]
+    chroma = working_chroma(network, small, size, hints)
+    return [merge_in_strips(image, ab) for image, ab in zip(images, chroma, strict=True)]
 
 
 def full_lightness(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -249,12 +254,3 @@ def merge_full_resolution(l_full: torch.Tensor, ab: torch.Tensor) -> torch.Tenso
     ab_full = resize_planes(ab, tuple(l_full.shape[-2:]))
     rgb = merge_lab(l_full, ab_full, keep_lightness=True)
     return rgb.mul(255.0).round_().to(torch.uint8).cpu()
-
-
-def resize_planes(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, H, W]`` to ``shape``; antialiased, so a photo smaller than the
-    network's working size gets each area's average (enlarging, the usual case for chroma, is
-    unaffected)."""
-    if tuple(planes.shape[-2:]) == shape:
-        return planes
-    return F.interpolate(planes, size=shape, mode="bilinear", antialias=True)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+import tifffile
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -25,7 +28,8 @@ from colorizer.data.images import (
     SkippedImage,
     is_grayscale,
     list_image_files,
-    load_rgb,
+    load_photo,
+    pixel_limit,
 )
 from colorizer.errors import ConfigError
 
@@ -144,13 +148,16 @@ def output_name(relative: Path, fmt: str | None) -> Path:
 class PhotoFiles(Dataset):
     """Decodes the jobs' photos in workers; a bad file yields its reason instead of raising.
 
-    Items: ``{"index", "image": uint8 [3, H, W] or None, "error": str or None, "colour": bool,
-    "exif": bytes or None}``; ``exif`` is the photo's EXIF with the orientation reset, since
-    ``image`` is already upright.
+    Items: ``{"index", "image", "error": str or None, "colour": bool, "exif": bytes or
+    None}``: ``image`` is None or what :func:`~colorizer.data.images.load_photo` gives (uint8
+    ``[3, H, W]`` RGB, or gray ``[1, H, W]`` uint8 or uint16); ``exif`` is the photo's EXIF
+    with the orientation reset, since ``image`` is already upright. Photos over
+    ``max_megapixels`` are refused (None: Pillow's limit, about 89 MP).
     """
 
-    def __init__(self, jobs: list[Job]):
+    def __init__(self, jobs: list[Job], max_megapixels: float | None = None):
         self.jobs = jobs
+        self.max_megapixels = max_megapixels
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -159,13 +166,15 @@ class PhotoFiles(Dataset):
         item: dict[str, Any] = {"index": index, "image": None, "error": None, "colour": False}
         source = self.jobs[index].source
         try:
-            image = load_rgb(source, min_size=1)
+            # Pillow's limit is the process's: here, a worker's, or colorize's own.
+            with pixel_limit(self.max_megapixels):
+                image = load_photo(source, min_size=1)
         except SkippedImage as skip:
-            return item | {"error": skip.reason}
+            return item | {"error": skip.described}
         except OSError as err:
             return item | {"error": f"unreadable ({err.strerror or type(err).__name__})"}
         stride = max(1, max(image.shape[1:]) // 256)
-        colour = not is_grayscale(image[:, ::stride, ::stride])
+        colour = image.shape[0] == 3 and not is_grayscale(image[:, ::stride, ::stride])
         return item | {"image": image, "colour": colour, "exif": _upright_exif(source)}
 
 
@@ -184,22 +193,77 @@ def _upright_exif(path: Path) -> bytes | None:
 
 
 def side_by_side(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` twice -> ``[3, H, 2W + gap]``: input left, output right, white gap."""
-    gap = torch.full((3, before.shape[1], max(2, before.shape[2] // 100)), 255, dtype=torch.uint8)
-    return torch.cat([before, gap, after], dim=2)
+    """The input (``[1 or 3, H, W]``) and its output (``[3, H, W]``, the same dtype) ->
+    ``[3, H, 2W + gap]``: input left, output right, white gap."""
+    white = 65535 if after.dtype == torch.uint16 else 255
+    gap = torch.full((3, before.shape[1], max(2, before.shape[2] // 100)), white, dtype=after.dtype)
+    return torch.cat([before.expand(3, -1, -1), gap, after], dim=2)
 
 
 def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | None) -> None:
-    """Write uint8 ``[3, H, W]`` atomically: a failed write leaves no file at ``path``."""
+    """Write uint8 or uint16 ``[3, H, W]`` atomically: a failed write leaves no file at
+    ``path``. uint16 stays 16-bit in PNG and TIFF (which Pillow cannot write in RGB: OpenCV
+    and tifffile do); other formats get it rounded to 8 bits."""
     fmt = SUFFIX_FORMATS[path.suffix.lower()]
-    options: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    if exif and fmt in ("JPEG", "PNG", "WEBP"):
-        options["exif"] = exif
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name in the same folder: invisible to a later scan, and os.replace stays atomic.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    # It ends in the format's suffix, from which OpenCV chooses its encoder.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    pixels = image.permute(1, 2, 0).numpy()  # [H, W, 3]: a view when image is such a view
     try:
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(partial, format=fmt, **options)
+        if pixels.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
+            _write_16_bit(pixels, partial, fmt, exif)
+        else:
+            if pixels.dtype == np.uint16:  # round(v / 257): 65535 -> 255, 128 -> 0, 129 -> 1
+                pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            if fmt == "JPEG":
+                _write_opencv(pixels, partial, exif, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            else:
+                options: dict[str, Any] = {"quality": quality} if fmt == "WEBP" else {}
+                if exif and fmt in ("PNG", "WEBP"):
+                    options["exif"] = exif
+                Image.fromarray(pixels).save(partial, format=fmt, **options)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _write_16_bit(pixels: np.ndarray, path: Path, fmt: str, exif: bytes | None) -> None:
+    """uint16 RGB ``[H, W, 3]`` -> a 16-bit PNG (OpenCV, EXIF kept) or TIFF (tifffile,
+    deflate-compressed)."""
+    if fmt == "TIFF":
+        tifffile.imwrite(path, pixels, photometric="rgb", compression="zlib", metadata=None)
+        return
+    _write_opencv(pixels, path, exif)
+
+
+def _write_opencv(
+    pixels: np.ndarray, path: Path, exif: bytes | None, params: list[int] | None = None
+) -> None:
+    """RGB ``[H, W, 3]`` -> ``path`` by OpenCV (format from the suffix), EXIF kept. OpenCV
+    encodes from the array itself, where Pillow would first copy it at 4 bytes a pixel (1.6 GB
+    for a 400-megapixel scan); its red and blue planes are swapped in place for OpenCV's BGR
+    and back, a band of rows at a time, so no whole copy is made either."""
+    if not pixels.flags.c_contiguous:  # a view (the before/after image): OpenCV needs rows
+        pixels = np.ascontiguousarray(pixels)
+    _swap_red_blue(pixels)
+    try:
+        if exif:
+            # OpenCV writes EXIF from the TIFF data and adds JPEG's "Exif\0\0" itself.
+            tiff = np.frombuffer(exif.removeprefix(b"Exif\x00\x00"), np.uint8)
+            written = cv2.imwriteWithMetadata(
+                str(path), pixels, [cv2.IMAGE_METADATA_EXIF], [tiff], params or []
+            )
+        else:
+            written = cv2.imwrite(str(path), pixels, params or [])
+    finally:
+        _swap_red_blue(pixels)
+    if not written:
+        raise OSError(f"OpenCV could not write {path.name}")
+
+
+def _swap_red_blue(pixels: np.ndarray, band: int = 1024) -> None:
+    """RGB <-> BGR of ``[H, W, 3]`` in place, ``band`` rows at a time (bounded scratch)."""
+    for top in range(0, pixels.shape[0], band):
+        rows = pixels[top : top + band]
+        rows[..., [0, 2]] = rows[..., [2, 0]]

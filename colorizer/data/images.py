@@ -12,8 +12,9 @@ import os
 import struct
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -46,6 +47,14 @@ _ACCESS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
 # because swapping filters per call (catch_warnings) is process-wide and not thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
+# A compressed file cannot plausibly hold more pixels than this per byte: an all-white 8-bit
+# PNG, deflate's best case, holds about 1,000; a scanned photograph, with grain, 2 to 20. A
+# header that declares more (a billion pixels in a few kB) is a bomb, refused before the
+# decoder allocates for it. Checked above PLAUSIBILITY_FLOOR pixels only: below it even a
+# bomb costs little memory, and small flat images (a blank 1 MP PNG) are legitimate.
+PLAUSIBLE_PIXELS_PER_BYTE = 1000
+PLAUSIBILITY_FLOOR = 50_000_000
+
 # A pixel is chromatic when its channels spread by more than this many levels: well above
 # the 0-6 levels of chroma noise a JPEG encoder leaves in a gray photograph.
 _CHROMA_LEVELS = 12
@@ -57,14 +66,40 @@ _SCAN_DECODE_SIZE = 128
 
 
 class SkippedImage(Exception):
-    """A file that cannot serve as a training image; ``reason`` is one of ``SKIP_REASONS``."""
+    """A file that cannot serve as a training image; ``reason`` is one of ``SKIP_REASONS``,
+    ``detail`` (optional) says more, e.g. which limit a decompression bomb broke."""
 
-    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, reason: str, path: str | os.PathLike[str] | None = None, detail: str | None = None
+    ) -> None:
         if reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {reason!r}; expected one of {SKIP_REASONS}")
-        super().__init__(f"{path}: {reason}" if path is not None else reason)
-        self.reason = reason
-        self.path = path
+        self.reason, self.path, self.detail = reason, path, detail
+        super().__init__(f"{path}: {self.described}" if path is not None else self.described)
+
+    @property
+    def described(self) -> str:
+        """The reason with its detail: ``decompression bomb (over the 1000-megapixel ...)``."""
+        return self.reason if self.detail is None else f"{self.reason} ({self.detail})"
+
+
+@contextmanager
+def pixel_limit(max_megapixels: float | None) -> Iterator[None]:
+    """Within it, :func:`load_rgb` refuses images over ``max_megapixels`` (None: Pillow's own
+    limit, about 89 MP, the guard for training data), and Pillow's own guard is lifted to it.
+
+    Pillow's limit is process-wide, so this is for a process (or DataLoader worker) where no
+    other thread decodes images with another limit meanwhile, as in ``colorizer.colorize``.
+    """
+    if max_megapixels is None:
+        yield
+        return
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 def load_rgb(
@@ -85,13 +120,35 @@ def load_rgb(
     Raises:
         SkippedImage: empty, not an image, truncated or corrupt, decompression bomb, too small.
     """
-    path = Path(path)
-    if path.stat().st_size == 0:
+    rgb = _decode(Path(path), min_size, decode_size, _to_rgb_array)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def load_photo(path: str | os.PathLike[str], *, min_size: int = 16) -> torch.Tensor:
+    """Decode an image file as :func:`load_rgb` does, but keep a grayscale one gray and at its
+    depth: uint8 ``[1, H, W]`` (8-bit gray), uint16 ``[1, H, W]`` in [0, 65535] (16-bit gray),
+    else uint8 ``[3, H, W]`` RGB; upright. A third of the memory for a gray scan, and all of
+    a 16-bit master's tones.
+    """
+    array = _decode(Path(path), min_size, None, _to_photo_array)
+    image = torch.from_numpy(array)
+    return image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous()
+
+
+def _decode(
+    path: Path,
+    min_size: int,
+    decode_size: int | None,
+    to_array: Callable[[Image.Image], np.ndarray],
+) -> np.ndarray:
+    """Open ``path`` with the guards of :func:`load_rgb`, decode it, ``to_array`` it."""
+    file_bytes = path.stat().st_size
+    if file_bytes == 0:
         raise SkippedImage("empty file", path)
     try:
         image = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise SkippedImage("decompression bomb", path) from error
+        raise SkippedImage("decompression bomb", path, _over_the_limit()) from error
     except UnidentifiedImageError as error:
         raise SkippedImage("not an image", path) from error
     except _ACCESS_ERRORS:
@@ -100,9 +157,16 @@ def load_rgb(
         raise SkippedImage("truncated or corrupt", path) from error
 
     with image:
+        pixels = image.width * image.height
         limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and image.width * image.height > limit:
-            raise SkippedImage("decompression bomb", path)
+        if limit is not None and pixels > limit:
+            raise SkippedImage("decompression bomb", path, _over_the_limit())
+        if pixels > PLAUSIBILITY_FLOOR and pixels > PLAUSIBLE_PIXELS_PER_BYTE * file_bytes:
+            detail = (
+                f"declares {image.width} x {image.height} pixels in {file_bytes} bytes, more "
+                f"than {PLAUSIBLE_PIXELS_PER_BYTE} per byte"
+            )
+            raise SkippedImage("decompression bomb", path, detail)
         if min(image.size) < min_size:
             raise SkippedImage("too small", path)
         try:
@@ -113,22 +177,41 @@ def load_rgb(
             # Relies on PIL's default LOAD_TRUNCATED_IMAGES=False: a cut file raises, never
             # comes back half gray. This module never changes that setting.
             image.load()
-            rgb = _to_rgb_array(image)
+            return to_array(image)
         except _ACCESS_ERRORS:
             raise
         except _CORRUPT_ERRORS as error:
             raise SkippedImage("truncated or corrupt", path) from error
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert a loaded PIL image of any mode to an upright uint8 ``[H, W, 3]`` array."""
+def _over_the_limit() -> str:
+    """The detail of a refusal by the pixel limit: the limit and the key that raises it."""
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return f"over the {limit / 1e6:g}-megapixel limit: max_megapixels= raises it"
+
+
+def _upright(image: Image.Image) -> None:
+    """Apply the EXIF orientation to a loaded image, in place."""
     try:
         ImageOps.exif_transpose(image, in_place=True)
     except _CORRUPT_ERRORS:
         # Malformed EXIF does not make the pixels unusable: keep them as stored.
         log.debug("ignoring unreadable EXIF orientation in %s", image.filename)
 
+
+def _to_photo_array(image: Image.Image) -> np.ndarray:
+    """A loaded PIL image -> upright uint8 ``[H, W]`` (gray), uint16 ``[H, W]`` (16-bit
+    gray) or uint8 ``[H, W, 3]`` (anything else, as :func:`_to_rgb_array`)."""
+    if image.mode == "L" or (image.mode.startswith("I;16") and not image.has_transparency_data):
+        _upright(image)
+        gray = np.asarray(image)
+        return gray if gray.dtype == np.uint8 else gray.astype(np.uint16)  # I;16B: big-endian
+    return _to_rgb_array(image)
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image of any mode to an upright uint8 ``[H, W, 3]`` array."""
+    _upright(image)
     if image.mode == "I" or image.mode.startswith("I;16"):
         # 16-bit data spans 0..65535; PIL's convert("L") clips at 255, turning most of the
         # picture white, so scale instead (with rounding: 65535 -> 255, 32768 -> 128).

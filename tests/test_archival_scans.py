@@ -1,0 +1,179 @@
+"""Archival scans (issue 29): large scans taken up to ``max_megapixels``, bombs still refused,
+the strip-wise merge equal to the whole-image one, 16-bit masters written back at 16 bits."""
+
+import struct
+import zlib
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from skimage.color import rgb2lab
+
+from colorizer.full_resolution import merge_in_strips, working_lightness
+from colorizer.inference import full_lightness, merge_full_resolution, resize_planes
+
+
+def run_colorize(main_of, checkpoint: Path, source: Path, out: Path, *options: str):
+    """``python -m colorizer.colorize`` on ``source`` into ``out``; the CompletedProcess."""
+    args = [f"ckpt_path={checkpoint}", f"input={source}", f"output={out}", "hydra.run.dir=run"]
+    return main_of("colorizer.colorize", *args, "num_workers=0", *options)
+
+
+def scan_texture(height: int, width: int, top: int, seed: int = 0) -> np.ndarray:
+    """A gray scan's levels in [0, top]: a diagonal ramp with grain, so every level band and
+    the edges of strips are exercised; float64 ``[H, W]``."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    ramp = (rows / height + cols / width) / 2
+    grain = np.random.default_rng(seed).normal(0, 0.02, (height, width))
+    return np.clip(ramp + grain, 0, 1) * top
+
+
+def gray_lightness(levels: np.ndarray, top: int) -> np.ndarray:
+    """CIE L (scikit-image) of gray sRGB levels in [0, top]."""
+    return rgb2lab(np.repeat((levels / top)[..., None], 3, axis=2))[..., 0]
+
+
+# --- 1. the pixel limit --------------------------------------------------------------------------
+
+
+def test_colorize_takes_archive_scans_by_default(make_cfg):
+    cfg = make_cfg("ckpt_path=x", "input=x", "output=x", config_name="colorize")
+    assert cfg.max_megapixels >= 1000  # a 400 MP drum scan with room to spare
+
+
+def test_scans_over_pillows_limit_are_colorized_up_to_max_megapixels(
+    main_of, tmp_path, checkpoint_of, monkeypatch
+):
+    """Pillow's guard (89 MP; here scaled down to 0.1 MP) no longer refuses a scan that
+    ``max_megapixels`` allows, and the refusal above it names the limit and the key."""
+    scan = tmp_path / "scans" / "scan.jpg"
+    scan.parent.mkdir()
+    Image.fromarray(scan_texture(400, 600, 255).astype(np.uint8)).save(scan, quality=90)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    checkpoint = checkpoint_of("alpha")
+
+    allowed = run_colorize(main_of, checkpoint, scan, tmp_path / "a", "max_megapixels=1")
+    assert allowed.returncode == 0, allowed.stderr
+    refused = run_colorize(main_of, checkpoint, scan, tmp_path / "b", "max_megapixels=0.2")
+    assert refused.returncode == 1
+    reason = "decompression bomb (over the 0.2-megapixel limit: max_megapixels= raises it)"
+    assert f"failed: {scan}: {reason}" in refused.stderr
+    assert Image.MAX_IMAGE_PIXELS == 100_000  # the process's own limit is put back
+    monkeypatch.undo()
+    assert Image.open(tmp_path / "a" / "scan.jpg").size == (600, 400)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 16 x 16 gray PNG whose header claims ``width x height``: a decompression bomb."""
+    data = BytesIO()
+    Image.new("L", (16, 16), 128).save(data, format="PNG")
+    png = bytearray(data.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(png[24:29])
+    png[12:29] = header
+    png[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(png)
+
+
+def test_a_header_claiming_more_pixels_than_the_file_can_hold_is_refused(
+    main_of, tmp_path, checkpoint_of
+):
+    """900 MP is under the default limit, but not in a hundred-odd bytes: refused from the
+    header, before anything is allocated for it."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(30000, 30000))
+    result = run_colorize(main_of, checkpoint_of("alpha"), bomb, tmp_path / "out")
+    assert result.returncode == 1
+    size = bomb.stat().st_size
+    assert (
+        f"failed: {bomb}: decompression bomb (declares 30000 x 30000 pixels in {size} bytes, "
+        "more than 1000 per byte)" in result.stderr
+    )
+    assert not (tmp_path / "out" / "bomb.png").exists()
+
+
+# --- 2. the merge in strips ----------------------------------------------------------------------
+
+
+def smooth_chroma(height: int, width: int, seed: int = 1) -> torch.Tensor:
+    """Normalised ab ``[1, 2, h, w]``: saturated enough that some pixels leave the gamut."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 2, height, width, generator=generator).mul(1.4).sub(0.7)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_strips_merge_as_the_whole_image_does(channels: int):
+    """Strips of 7 rows (a height the chroma's rows do not divide) give the whole-image
+    merge's pixels, up to one level of rounding: no seams. Beyond a level only on the gamut's
+    edge (a channel at 0 or 255), where the desaturation's bisection (to 2^-10 of the chroma)
+    turns float rounding into a step, at a pixel or so of the 126,000."""
+    gray = scan_texture(301, 419, 255).astype(np.uint8)
+    photo = torch.from_numpy(gray)[None]
+    if channels == 3:
+        tint = torch.tensor([1.0, 0.9, 0.8]).view(3, 1, 1)
+        photo = (photo.float() * tint).round().to(torch.uint8)
+    ab = smooth_chroma(19, 26)
+    (whole_l,) = full_lightness([photo.expand(3, -1, -1)], torch.device("cpu"))
+    whole = merge_full_resolution(whole_l, ab)[0]
+    strips = merge_in_strips(photo, ab, strip_pixels=419 * 7)
+    assert strips.shape == whole.shape and strips.dtype == torch.uint8
+    difference = (strips.int() - whole.int()).abs().amax(dim=0)
+    assert (difference > 0).float().mean() < 0.001  # rounding, not a systematic shift
+    beyond = difference > 1
+    assert beyond.float().mean() < 1e-4
+    both = torch.cat([strips, whole])
+    on_edge = ((both == 0) | (both == 255)).any(dim=0)
+    assert on_edge[beyond].all()
+    one_strip = merge_in_strips(photo, ab, strip_pixels=301 * 419)
+    assert (strips.int() - one_strip.int()).abs().max() <= 1
+
+    working = working_lightness(photo, (64, 89), torch.device("cpu"), strip_pixels=419 * 7)
+    assert torch.allclose(working, resize_planes(whole_l, (64, 89)), atol=1e-5)
+
+
+def test_strips_of_a_16_bit_scan_merge_as_one_strip_does():
+    photo = torch.from_numpy(scan_texture(203, 157, 65535).round().astype(np.uint16))[None]
+    ab = smooth_chroma(11, 9)
+    one = merge_in_strips(photo, ab, strip_pixels=203 * 157)
+    strips = merge_in_strips(photo, ab, strip_pixels=157 * 5)
+    assert one.dtype == torch.uint16
+    assert (strips.int() - one.int()).abs().max() <= 1
+
+
+# --- 3. 16-bit in, 16-bit out --------------------------------------------------------------------
+
+
+def read_16_bit_rgb(path: Path) -> np.ndarray:
+    """uint16 ``[H, W, 3]`` RGB as stored, read without Pillow (which cannot hold it)."""
+    if path.suffix == ".tif":
+        return tifffile.imread(path)
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16_bit_gray_master_comes_out_16_bit_with_its_lightness(
+    main_of, tmp_path, checkpoint_of, suffix: str
+):
+    levels = scan_texture(90, 130, 65535).round().astype(np.uint16)
+    source = tmp_path / "masters" / f"plate{suffix}"
+    source.parent.mkdir()
+    Image.fromarray(levels).save(source)  # Pillow's I;16: PNG and TIFF alike
+    checkpoint = checkpoint_of("alpha")
+    result = run_colorize(main_of, checkpoint, source.parent, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+
+    output = read_16_bit_rgb(tmp_path / "out" / source.name)
+    assert output.dtype == np.uint16 and output.shape == (90, 130, 3)
+    assert len(np.unique(output)) > 1024  # the tones of 16 bits, not 256 levels scaled up
+    after = rgb2lab(output / 65535.0)[..., 0]
+    assert np.abs(after - gray_lightness(levels.astype(np.float64), 65535)).mean() < 0.05
+    assert np.abs(rgb2lab(output / 65535.0)[..., 1:]).mean() > 0.5  # and it is coloured
+
+    jpeg = run_colorize(main_of, checkpoint, source, tmp_path / "jpg", "format=jpg")
+    assert jpeg.returncode == 0, jpeg.stderr
+    with Image.open(tmp_path / "jpg" / "plate.jpg") as written:
+        assert written.mode == "RGB"  # format= still asks for 8 bits
