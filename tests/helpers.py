@@ -77,6 +77,18 @@ def colour_photo(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray((np.stack(channels, axis=-1) * 255).astype(np.uint8))
 
 
+def grid_tiles(grid: np.ndarray, rows: int, size: int) -> np.ndarray:
+    """The tiles of a sample grid (``colorizer.callbacks.triplet_grid``: ``rows`` rows of gray |
+    prediction | truth, ``size`` px squares, 2 px padding): uint8 ``[rows, 3, size, size, 3]``."""
+    assert grid.shape == (2 + rows * (size + 2), 2 + 3 * (size + 2), 3), grid.shape
+    step = size + 2
+    return np.stack([
+        np.stack([grid[2 + step * r : step * (r + 1), 2 + step * c : step * (c + 1)]
+                  for c in range(3)])
+        for r in range(rows)
+    ])  # fmt: skip
+
+
 def truncated_jpeg_bytes(size: int = 128) -> bytes:
     """The first half of a valid JPEG: what an interrupted download leaves behind."""
     buffer = BytesIO()

@@ -161,6 +161,29 @@ def test_keep_lightness_desaturates_out_of_gamut_colours_instead_of_clipping():
     outside = ~inside[:, :1] & (lab[:, 1:].abs() > 20).all(dim=1, keepdim=True)  # stable ratios
     assert (ratio[:, :1][outside] < 1.0 + 1e-3).all()
     torch.testing.assert_close(ratio[:, :1][outside], ratio[:, 1:][outside], atol=0.02, rtol=0)
+    # And no less chroma than the gamut demands: 1 % more would leave it.
+    factor = back[:, 1:].norm(dim=1, keepdim=True) / lab[:, 1:].norm(dim=1, keepdim=True)
+    more = torch.cat([lab[:, :1], lab[:, 1:] * (factor + 0.01)], dim=1)
+    beyond = kornia.color.lab_to_rgb(more, clip=False)
+    left = ((beyond < -1e-4) | (beyond > 1 + 1e-4)).any(dim=1, keepdim=True)
+    assert left[~inside[:, :1]].all()
+
+
+def test_merge_lab_clips_for_the_metrics_and_keeps_lightness_for_photos():
+    """The metrics' reconstruction clips R, G and B (README, Metrics); photos colorized for
+    people keep their L (``keep_lightness``)."""
+    lab = torch.tensor([90.0, 100.0, -60.0]).view(1, 3, 1, 1)  # L 90 cannot hold that chroma
+    l_norm, ab_norm = color.normalize_l(lab[:, :1]), color.normalize_ab(lab[:, 1:])
+    clipped = color.merge_lab(l_norm, ab_norm)
+    torch.testing.assert_close(clipped, color.lab_to_rgb(lab))
+    kept = color.merge_lab(l_norm, ab_norm, keep_lightness=True)
+    torch.testing.assert_close(kept, color.lab_to_rgb_keep_lightness(lab))
+    assert (kept - clipped).abs().max() > 0.1
+
+
+def test_luminance_of_clips_values_outside_the_unit_range_first():
+    images = torch.rand(2, 3, 8, 8) * 1.6 - 0.3
+    torch.testing.assert_close(color.luminance_of(images), color.luminance_of(images.clamp(0, 1)))
 
 
 def test_uint8_route_equals_kornia_for_every_channel_level():

@@ -6,12 +6,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage.color import rgb2lab
 
+from colorizer.color import AB_SCALE
 from colorizer.colorize import colorize
 from colorizer.errors import ConfigError
-from colorizer.inference import ChromaNetwork, TorchNetwork, colorize_full_resolution, working_shape
+from colorizer.full_resolution import merge_in_strips, working_lightness
+from colorizer.inference import (
+    ChromaNetwork,
+    TorchNetwork,
+    colorize_full_resolution,
+    full_lightness,
+    merge_full_resolution,
+    working_chroma,
+    working_shape,
+)
 from colorizer.models import load_model
 from colorizer.models.spec import ModelSpec
 from colorizer.photo_files import find_jobs, output_name
@@ -114,6 +125,14 @@ def test_rerun_skips_done_photos_and_exits_zero_when_all_succeed(main_of, tmp_pa
     again = main_of("colorizer.colorize", *common, f"input={photos}/scans/*.png", "format=jpg")
     assert again.returncode == 0, again.stderr
     assert "colorized 0 of 2, skipped 2 (2 output exists" in again.stderr
+    # overwrite=true redoes them: a damaged output is replaced by the photo colorized again.
+    colorized = np.asarray(Image.open(out / "scan.jpg"))
+    Image.new("RGB", (257, 131)).save(out / "scan.jpg")
+    redo = [*common, f"input={photos}/scans/*.png", "format=jpg", "overwrite=true"]
+    redone = main_of("colorizer.colorize", *redo)
+    assert redone.returncode == 0, redone.stderr
+    assert "colorized 2 of 2, skipped 0, failed 0" in redone.stderr
+    assert np.array_equal(np.asarray(Image.open(out / "scan.jpg")), colorized)
 
 
 def test_usage_errors_are_one_line_with_status_2(main_of, tmp_path, checkpoint_of):
@@ -122,6 +141,22 @@ def test_usage_errors_are_one_line_with_status_2(main_of, tmp_path, checkpoint_o
     )
     assert_one_line_error(result, "input=nowhere does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def assert_chroma_is_the_networks(
+    network: ChromaNetwork, size: int, source: Path, output: Path
+) -> None:
+    """The output's a and b (CIE Lab by scikit-image) are the network's prediction for the
+    photo's L at working size ``size``, upsampled: its colours, each of a and b in its place.
+    Compared by the median pixel: colours outside the sRGB gamut at their L are desaturated."""
+    image = torch.from_numpy(upright_rgb(source)).permute(2, 0, 1)
+    (lightness,) = full_lightness([image], network.device)
+    (ab,) = working_chroma(network, [lightness], size)
+    full = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", antialias=True)
+    predicted = full[0].permute(1, 2, 0).numpy() * AB_SCALE
+    produced = rgb2lab(np.asarray(Image.open(output).convert("RGB")) / 255.0)[..., 1:]
+    median_error = np.median(np.abs(produced - predicted), axis=(0, 1))
+    assert (median_error < 0.5).all(), f"{output.name}: a, b off by {median_error} (median)"
 
 
 def configure(make_cfg, checkpoint: Path, photos: Path, out: Path, *overrides: str):
@@ -138,10 +173,32 @@ def test_every_model_colorizes_at_full_resolution(make_cfg, tmp_path, checkpoint
     cfg = configure(make_cfg, checkpoint_of(name), photos, tmp_path / "out", "batch_size=2")
     summary = colorize(cfg)
     assert (summary["model"], summary["colorized"], summary["failed"]) == (name, 2, 0)
+    network = TorchNetwork(load_model(checkpoint_of(name)), torch.device("cpu"))
     for file, size in (("wide.png", (150, 97)), ("tall_gray.png", (64, 301))):
         output = tmp_path / "out" / file
         assert Image.open(output).size == size
         assert np.percentile(lightness_error(photos / file, output), 99) < 1.0
+        assert_chroma_is_the_networks(network, summary["size"], photos / file, output)
+
+
+def test_device_and_precision_choices(make_cfg, tmp_path, checkpoint_of):
+    """Without a GPU, device=auto is the CPU and precision=auto is float32 there: the same
+    pixels as device=cpu precision=32. precision=bf16 runs the network in bfloat16: colours
+    a little off float32's, the photo's L kept all the same (Lab is float32 in both)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(colourful(60, 80)).save(photos / "photo.png")
+    outputs = {}
+    for options in (("device=cpu", "precision=32"), ("device=auto", "precision=auto"),
+                    ("device=cpu", "precision=bf16")):  # fmt: skip
+        out = tmp_path / "_".join(option.split("=")[1] for option in options)
+        summary = colorize(configure(make_cfg, checkpoint_of("alpha"), photos, out, *options))
+        assert (summary["colorized"], summary["device"]) == (1, "cpu")
+        outputs[options[1]] = np.asarray(Image.open(out / "photo.png")).astype(int)
+        assert np.percentile(lightness_error(photos / "photo.png", out / "photo.png"), 99) < 1
+    assert np.array_equal(outputs["precision=auto"], outputs["precision=32"])
+    bf16_error = np.abs(outputs["precision=bf16"] - outputs["precision=32"])
+    assert bf16_error.max() > 0 and bf16_error.mean() < 1, bf16_error.mean()
 
 
 def test_color_inputs_skip_and_compare(make_cfg, tmp_path, checkpoint_of):
@@ -246,10 +303,102 @@ class StripedChroma(ChromaNetwork):
         return ab
 
 
-def test_chroma_shrunk_to_a_smaller_photo_is_filtered_not_aliased():
-    """A photo smaller than a fixed-size network's input gets the area's average chroma: fine
-    stripes average out to gray instead of aliasing into coarse false-colour bands."""
-    gray_photo = torch.full((3, 300, 300), 128, dtype=torch.uint8)
+class ConstantChroma(ChromaNetwork):
+    """A fully convolutional stand-in network that predicts one colour: a = 33, b = -22."""
+
+    spec, device = ModelSpec("constant"), torch.device("cpu")
+    ab = (0.3, -0.2)  # normalised: x 110
+
+    def __call__(self, l_norm: torch.Tensor) -> torch.Tensor:
+        ab = torch.tensor(self.ab).view(1, 2, 1, 1)
+        return ab.expand(l_norm.shape[0], 2, *l_norm.shape[-2:]).clone()
+
+
+@pytest.mark.parametrize("merge", ["photo", "video frames"])
+def test_the_predicted_chroma_is_merged_with_the_photos_lightness(merge):
+    """A mid-gray photo (L 54) coloured a = 33, b = -22 (a violet well inside the sRGB gamut):
+    the output is that colour at the photo's L, at full size. Photos are merged in strips,
+    a video's frames (and the hints page's preview) as whole batches."""
+    gray_photo = torch.full((3, 50, 70), 128, dtype=torch.uint8)
+    if merge == "photo":
+        (out,) = colorize_full_resolution(ConstantChroma(), [gray_photo], size=16)
+    else:
+        (lightness,) = full_lightness([torch.stack([gray_photo] * 2)], torch.device("cpu"))
+        chroma = ConstantChroma()(lightness[..., :12, :17])  # at a working size
+        first, second = merge_full_resolution(lightness, chroma)
+        assert torch.equal(first, second)
+        out = first
+    assert out.shape == (3, 50, 70) and out.dtype == torch.uint8
+    lab = rgb2lab(out.permute(1, 2, 0).numpy())
+    expected = [rgb2lab(np.full((1, 1, 3), 128, np.uint8))[0, 0, 0], 33.0, -22.0]
+    mean = lab.reshape(-1, 3).mean(axis=0).round(2)
+    assert np.abs(lab - expected).max() < 1.0, f"Lab {mean} on average, not {expected}"
+
+
+@pytest.mark.parametrize("merge", ["photo", "video frames"])
+def test_colours_too_strong_for_a_lightness_are_desaturated_not_clipped(merge):
+    """White stays white, and near-white (L 96) cannot hold a = 33, b = -22: the colour keeps
+    its L and its hue, with less chroma, whichever merge makes it."""
+    photo = torch.full((3, 6, 8), 245, dtype=torch.uint8)
+    photo[:, :3] = 255
+    if merge == "photo":
+        (out,) = colorize_full_resolution(ConstantChroma(), [photo], size=4)
+    else:
+        (lightness,) = full_lightness([photo], torch.device("cpu"))
+        assert lightness.shape == (1, 1, 6, 8)
+        (out,) = merge_full_resolution(lightness, ConstantChroma()(lightness[..., :3, :4]))
+    lab = rgb2lab(out.permute(1, 2, 0).numpy())
+    l_error = np.abs(lab[..., 0] - rgb2lab(photo.permute(1, 2, 0).numpy())[..., 0])
+    assert l_error.max() < 0.5, l_error.max()
+    near_white = lab[3:, :, 1:].reshape(-1, 2)
+    assert (near_white[:, 0] > 1).all() and (near_white[:, 1] < 0).all()  # violet still
+    assert (np.hypot(*near_white.T) < 0.8 * np.hypot(33.0, 22.0)).all()
+
+
+@pytest.mark.parametrize("kind", ["RGB", "gray", "16-bit gray"])
+def test_a_photo_merged_in_strips_has_its_own_l_and_the_upsampled_chroma(kind):
+    """Strips of 4 rows of a 37 x 29 photo: each pixel has the photo's L (scikit-image's Lab)
+    and the chroma that bilinear upsampling of the whole prediction gives there. A 16-bit
+    photo stays 16-bit."""
+    rgb = colourful(37, 29)
+    gray = rgb[None, ..., 1] // 2 + 64  # mid tones: every colour of the ramp is in gamut
+    photo = {
+        "RGB": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),
+        "gray": torch.from_numpy(gray),
+        "16-bit gray": torch.from_numpy(gray.astype(np.int32) * 257 + 99).to(torch.uint16),
+    }[kind]
+    photo[..., :2, :] = 65535 if kind == "16-bit gray" else 255  # white: no room for colour
+    top = 65535.0 if kind == "16-bit gray" else 255.0
+    ramp = torch.linspace(-0.15, 0.15, 20).view(1, 1, 5, 4)
+    ab = torch.cat([ramp, ramp.flip(-1).transpose(-1, -2).reshape(1, 1, 5, 4)], dim=1)
+    out = merge_in_strips(photo, ab, strip_pixels=29 * 4)
+    assert out.shape == (3, 37, 29) and out.dtype == photo.dtype
+    lab = rgb2lab(out.permute(1, 2, 0).numpy().astype(np.float64) / top)
+    source = photo.expand(3, -1, -1).permute(1, 2, 0).numpy().astype(np.float64) / top
+    l_error = np.abs(lab[..., 0] - rgb2lab(source)[..., 0])
+    assert l_error.max() < (0.6 if top == 255.0 else 0.01), l_error.max()
+    upsampled = F.interpolate(ab, size=(37, 29), mode="bilinear")[0].permute(1, 2, 0) * AB_SCALE
+    ab_error = np.abs(lab[..., 1:] - upsampled.numpy())
+    assert np.median(ab_error[2:]) < 0.5 and np.percentile(ab_error[2:], 99) < 1.5, ab_error.max()
+
+
+def test_the_network_sees_the_photos_l_resized_whole_however_it_is_read():
+    """Read in strips of 4 rows, the working-size L is the whole L plane (scikit-image's Lab)
+    resized (bilinear, antialiased)."""
+    photo = torch.from_numpy(colourful(37, 29)).permute(2, 0, 1).contiguous()
+    small = working_lightness(photo, (12, 9), torch.device("cpu"), strip_pixels=29 * 4)
+    whole = torch.from_numpy(rgb2lab(photo.permute(1, 2, 0).numpy())[..., 0]).float()
+    expected = F.interpolate(whole[None, None] / 50 - 1, size=(12, 9), mode="bilinear",
+                             antialias=True)  # fmt: skip
+    torch.testing.assert_close(small, expected, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(300, 300), (600, 300)])
+def test_chroma_shrunk_to_a_smaller_photo_is_filtered_not_aliased(size):
+    """A photo narrower than a fixed-size network's input (and shorter, or taller) gets the
+    area's average chroma: fine stripes average out to gray instead of aliasing into coarse
+    false-colour bands."""
+    gray_photo = torch.full((3, *size), 128, dtype=torch.uint8)
     (out,) = colorize_full_resolution(StripedChroma(), [gray_photo], size=256)
     a_channel = rgb2lab(out.permute(1, 2, 0).numpy())[..., 1]
     assert np.abs(a_channel).mean() < 3.0  # aliased: ~25 (of the stripes' 55)

@@ -12,7 +12,8 @@ from colorizer.registry import MODELS
 from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
 
 MISTAKES = {
-    "unknown config choice": (["model=nope"], "Could not find 'model/nope'"),
+    # The line also lists the choices there are.
+    "unknown config choice": (["model=nope"], "Could not find 'model/nope'", "alpha"),
     "unknown key": (["model=alpha", "model.depthh=3"], "model.depthh"),
     "missing required key": (["data=coco"], "data.root is required: add data.root=VALUE"),
     "wrong type": (["model=alpha", "model.lr=fast"], "model.lr must be a positive number"),
@@ -30,9 +31,9 @@ MISTAKES = {
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_mistake_is_one_line(main_of, mistake):
-    overrides, fragment = MISTAKES[mistake]
+    overrides, *fragments = MISTAKES[mistake]
     result = main_of("colorizer.run", *overrides, "trainer=debug", "logger=none")
-    assert_one_line_error(result, fragment)
+    assert_one_line_error(result, *fragments)
 
 
 @pytest.mark.parametrize(

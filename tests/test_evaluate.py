@@ -2,13 +2,17 @@
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
+from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
+from torchvision.models import AlexNet_Weights
 
 from colorizer.data.curated import CuratedDataModule
 from colorizer.data.evaluation import eval_dataset, stack_by_size
@@ -117,9 +121,54 @@ def test_train_split_is_evaluated_without_random_crops(tmp_path):
 def test_perceptual_metrics_are_skipped_without_local_weights(no_local_weights, tmp_path):
     metrics, skipped = perceptual_metrics()
     assert metrics == {}
-    assert skipped.startswith(SKIPPED)
-    assert "FID: " in skipped
-    assert f"LPIPS: no alexnet-owt-7be5be79.pth in {tmp_path / 'torch' / 'hub'}" in skipped
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    assert skipped == (
+        f"{SKIPPED}FID: no weights-inception-2015-12-05-6726825d.pth in {hub} (or "
+        f"fid_weights=PATH); LPIPS: no alexnet-owt-7be5be79.pth in {hub})"
+    )
+    with pytest.raises(ConfigError) as missing:
+        perceptual_metrics(str(tmp_path / "missing.pth"))
+    assert str(missing.value) == (
+        f"fid_weights={tmp_path / 'missing.pth'} does not exist: pass FID's Inception weights "
+        "file (pt_inception-2015-12-05-6726825d.pth) or null"
+    )
+
+
+def test_fid_is_skipped_without_torch_fidelity(no_local_weights, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)
+    _, skipped = perceptual_metrics()
+    assert skipped.startswith(
+        "FID, LPIPS: skipped (weights not available locally: FID: package torch-fidelity is "
+        "not installed (pip install torch-fidelity); LPIPS: no "
+    )
+
+
+def test_fid_and_lpips_from_local_weights_compare_predictions_with_truths(local_weights):
+    """FID keeps the truths' Inception features as the real ones and the predictions' as the
+    generated ones; LPIPS is 0 for identical images and grows with the difference."""
+    metrics, skipped = perceptual_metrics(str(local_weights))
+    assert skipped is None and sorted(metrics) == ["fid", "lpips"]
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 32, 32, generator=generator)
+    prediction = truth * 0.5
+    fid, lpips = metrics["fid"], metrics["lpips"]
+    fid.update(prediction, truth)
+    with torch.no_grad():
+        for images, features in (
+            (truth, fid.real_features_sum),
+            (prediction, fid.fake_features_sum),
+        ):
+            expected = fid.inception((images * 255).byte()).double().sum(dim=0)
+            torch.testing.assert_close(features, expected)
+    scores = []
+    for distorted in (truth, truth * 0.8, prediction):
+        lpips.reset()
+        lpips.update(distorted, truth)
+        scores.append(float(lpips.compute()))
+    assert scores[0] == 0 < scores[1] < scores[2], scores
+    # Images in [0, 1]; torchmetrics' function takes AlexNet's [-1, 1].
+    direct = learned_perceptual_image_patch_similarity(prediction * 2 - 1, truth * 2 - 1, "alex")
+    assert scores[2] == pytest.approx(float(direct), rel=1e-5)
 
 
 def test_split_all_is_every_image_of_a_folder_source(trained, make_cfg):
@@ -182,31 +231,56 @@ def test_evaluation_scores_the_training_runs_own_test_split(make_cfg, tmp_path, 
 
 
 @pytest.fixture
-def inception_weights(tmp_path, monkeypatch) -> Path:
-    """A weights file of torch-fidelity's FID Inception, randomly initialised (the real one is
-    its release pt_inception-2015-12-05-6726825d.pth): built here, nothing downloaded."""
+def local_weights(tmp_path, monkeypatch) -> Path:
+    """FID's and LPIPS's networks, randomly initialised, where evaluate looks for them: the
+    Inception (torch-fidelity's) as a ``fid_weights`` file, whose path is returned, and
+    AlexNet (torchvision's) in torch hub's cache under TORCH_HOME. The real weights are
+    release files (README, Sweeps and evaluation): built here, nothing is downloaded."""
     from torch_fidelity import feature_extractor_inceptionv3 as fidelity
 
+    torch.manual_seed(0)
     with monkeypatch.context() as patch:  # build the network without its weights
         patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
         patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
-        torch.manual_seed(0)
-        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+        inception = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for conv in (m for m in inception.modules() if isinstance(m, torch.nn.Conv2d)):
+        # He initialisation keeps activations alive through 40 layers; PyTorch's default
+        # shrinks them towards 0, where every set of images would have the same features.
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     path = tmp_path / "inception.pth"
-    torch.save(network.state_dict(), path)
+    torch.save(inception.state_dict(), path)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # LPIPS reads AlexNet's convolutions only: its classifier is stored as one broadcast zero.
+    alexnet = {key: value if key.startswith("features.") else torch.zeros(1).expand(value.shape)
+               for key, value in torchvision.models.alexnet().state_dict().items()}  # fmt: skip
+    torch.save(alexnet, hub / Path(AlexNet_Weights.DEFAULT.url).name)
     return path
 
 
-@pytest.mark.slow  # Inception at 299² on the CPU, four sets of 16 images
-def test_fid_is_scored_from_a_local_weights_file(trained, make_cfg, tmp_path, inception_weights,
-                                                 no_local_weights):  # fmt: skip
+@pytest.mark.slow  # Inception at 299² on the CPU, and FID's 2048 x 2048 matrix square roots
+def test_fid_and_lpips_are_scored_when_their_weights_are_on_disk(
+    trained, make_cfg, tmp_path, local_weights
+):
     cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "data=synthetic", *SYNTHETIC,
-                   f"fid_weights={inception_weights}", config_name="evaluate")  # fmt: skip
+                   f"fid_weights={local_weights}", config_name="evaluate")  # fmt: skip
     summary = evaluate(cfg)
-    assert math.isfinite(summary["test/fid"]) and summary["test/fid"] >= 0
-    assert math.isfinite(summary["test/gray_fid"])
-    assert summary["skipped_metrics"].startswith("LPIPS: skipped")  # FID no longer is
-    assert "| FID |" in (tmp_path / "run" / "report.md").read_text().replace("FID | LPIPS", "FID |")
+    assert summary["skipped_metrics"] is None
+    scores = {key: summary[f"test/{key}"] for key in ("fid", "lpips", "gray_fid", "gray_lpips")}
+    assert all(math.isfinite(value) and value > 0 for value in scores.values()), scores
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| PSNR (dB) | MSE | SSIM | CF | ΔCF | FID | LPIPS | images |" in report
+    # Identical images score 0, and so do the metrics built alone.
+    metrics, skipped = perceptual_metrics(str(local_weights))
+    assert skipped is None and sorted(metrics) == ["fid", "lpips"]
+    truth = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    same = {}
+    for name, metric in metrics.items():
+        metric.update(truth, truth)
+        same[name] = float(metric.compute())
+    assert same["lpips"] == 0 and abs(same["fid"]) < 1e-3 * scores["fid"], (same, scores)
+
     cfg = make_cfg(f"ckpt_path={trained['best_checkpoint']}", "data=synthetic", *SYNTHETIC,
                    f"fid_weights={tmp_path / 'missing.pth'}", config_name="evaluate")  # fmt: skip
     with pytest.raises(ConfigError, match="fid_weights=.*missing.pth does not exist"):

@@ -89,6 +89,13 @@ def test_export_cli_and_the_deployment_example(main_of, make_cfg, tmp_path, chec
     bad = main_of("colorizer.export", f"ckpt_path={checkpoint_of('alpha')}", "output=alpha.pt")
     assert_one_line_error(bad, "output=alpha.pt must be an .onnx file name")
 
+    # An export further from PyTorch than `tolerance` (here one below alpha's ~3e-8) fails.
+    strict = main_of("colorizer.export", f"ckpt_path={checkpoint_of('alpha')}",
+                     "output=strict.onnx", "size=64", "tolerance=1e-9")  # fmt: skip
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "error: the export differs from PyTorch by " in strict.stdout
+    assert "> tolerance=1e-09; try another opset" in strict.stdout
+
 
 def test_onnx_files_from_elsewhere_are_refused(tmp_path):
     foreign = tmp_path / "foreign.onnx"

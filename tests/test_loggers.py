@@ -142,11 +142,13 @@ def test_wandb_makes_one_run_per_multirun_job(main_of, tmp_path, no_wandb_creden
         "logger=wandb", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    run_ids = set()
-    for job in ("0", "1"):
+    run_ids, rates = set(), set()
+    for job in ("0", "1"):  # each job its own directory, config, results and W&B run
+        assert (sweep / job / "metrics.json").is_file()
         (run_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
         run_ids.add(run_file.stem)
         lr = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["model"]["lr"]
+        rates.add(lr)
         config = {
             _item_key(u): u.value_json
             for r in finished_wandb_records(run_file)
@@ -154,7 +156,7 @@ def test_wandb_makes_one_run_per_multirun_job(main_of, tmp_path, no_wandb_creden
             for u in r.config.update
         }
         assert json.loads(config["config"])["model"]["lr"] == lr
-    assert len(run_ids) == 2
+    assert len(run_ids) == 2 and rates == {1e-3, 3e-4}
 
 
 def test_tensorboard_gets_scalars_and_sample_grids(make_cfg, tmp_path):

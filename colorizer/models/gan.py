@@ -63,7 +63,7 @@ class GANColorizer(ColorizationModule):
         encoder_download: bool = False,
         hints: bool = False,
         hint_sampling: Mapping[str, Any] | None = None,
-    ):
+    ):  # pragma: no mutate block (a mutmut wrapper hides this frame from save_hyperparameters)
         super().__init__(lr, "adam", 0.0, hints, hint_sampling)
         self.automatic_optimization = False
         if generator == "unet":

@@ -88,6 +88,19 @@ def test_batches_and_crops_do_not_depend_on_the_worker_count(tmp_path: Path, wri
     assert not torch.equal(reference[0], reference[1])
 
 
+def test_each_pass_crops_a_photo_anew(tmp_path: Path, write_photos) -> None:
+    """Training crops are random (position, scale and aspect): one photo gives another crop in
+    each pass, so a model sees more than its centre."""
+    write_photos(tmp_path / "photos", ["a.jpg", "b.jpg", "c.jpg"], size=(96, 72))
+    module = CuratedDataModule(str(tmp_path / "photos"), image_size=32, val_fraction=0.0,
+                               test_fraction=0.0)  # fmt: skip
+    module.setup("fit")
+    crops = [module.train_set[(epoch, 0)] for epoch in range(4)]
+    assert all(crop.shape == (3, 32, 32) for crop in crops)
+    different = [not torch.equal(a, b) for a, b in itertools.combinations(crops, 2)]
+    assert all(different), f"{different.count(False)} of 6 pairs of passes cropped alike"
+
+
 def test_images_kept_in_memory_are_not_decoded_again_and_crop_alike(tmp_path, write_photos):
     paths = write_photos(tmp_path / "photos", ["a.jpg", "b.jpg"], size=(160, 120))
 

@@ -1,8 +1,12 @@
+import csv
+
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from colorizer.color import split_lab
 from colorizer.errors import ConfigError
 from colorizer.models.blocks import count_parameters
 from colorizer.models.gan import GANColorizer
@@ -47,9 +51,45 @@ def test_adversarial_training_steps_both_networks(make_cfg, tmp_path):
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(checkpoint["optimizer_states"]) == 2
     assert all(state["state"] for state in checkpoint["optimizer_states"])  # both stepped
-    history = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
-    for key in ("train/d_loss", "train/g_loss", "train/l1", "train/g_adv"):
-        assert key in history
+    with (tmp_path / "run" / "csv" / "metrics.csv").open() as rows:
+        steps = [row for row in csv.DictReader(rows) if row.get("train/g_loss")]
+    assert len(steps) == 3
+    for row in steps:  # what was logged is what the formulas give (lambda_l1 = 100)
+        loss = {key: float(row[f"train/{key}"]) for key in ("d_loss", "g_loss", "l1", "g_adv")}
+        assert loss["g_loss"] == pytest.approx(100 * loss["l1"] + loss["g_adv"], rel=1e-5)
+        assert 0 < loss["d_loss"] < 2 and loss["g_adv"] > 0
+
+
+@pytest.mark.parametrize("hints", [False, True])
+def test_the_losses_are_the_pix2pix_formulas(hints):
+    """D: the mean of BCE(D(real pair), 1) and BCE(D(fake pair), 0); G: BCE(D(fake pair), 1)
+    + lambda_l1 x L1(fake ab, true ab), the fake drawn from L (and, for a hint-taking model,
+    the simulated hints). Computed here from the networks themselves, with optimizers at
+    lr 0 so the step leaves them as they were."""
+    torch.manual_seed(0)
+    model = GANColorizer(**GANColorizer.small_settings, hints=hints)
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    frozen = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (model.generator,
+              model.discriminator)]  # fmt: skip
+    torch.manual_seed(1)
+    logged = model.optimization_step(batch, *frozen, backward=torch.Tensor.backward)
+    torch.manual_seed(1)  # the same hints, and the generator's dropout the same masks
+    l_norm, ab_norm = split_lab(batch)
+    with torch.no_grad():
+        fake_ab = model(l_norm, model.training_hints(ab_norm))
+        real, fake = (model.discriminator(torch.cat([l_norm, ab], dim=1)) for ab in (ab_norm,
+                      fake_ab))  # fmt: skip
+    bce = F.binary_cross_entropy_with_logits
+    l1 = (fake_ab - ab_norm).abs().mean()
+    expected = {
+        "train/d_loss": (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))) / 2,
+        "train/g_adv": bce(fake, torch.ones_like(fake)),
+        "train/l1": l1,
+        "train/g_loss": bce(fake, torch.ones_like(fake)) + 100 * l1,
+    }
+    assert set(logged) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(logged[key].detach(), value, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def test_l1_pretraining_leaves_the_discriminator_alone(make_cfg, tmp_path):
