@@ -143,8 +143,9 @@ def lab_to_rgb_keep_lightness(lab: torch.Tensor, steps: int = 10) -> torch.Tenso
 
     Clipping R, G, B separately changes a saturated pixel's lightness (by up to ~10 L units on
     an untrained network's output). Here each out-of-gamut pixel's ab is scaled by the largest
-    factor in [0, 1] (found by bisection to 2^-steps) that brings it into the sRGB gamut;
-    ab = 0 is always inside, so the search cannot fail. Only those pixels are searched.
+    factor in [0, 1] that brings it into the sRGB gamut: bracketed by bisection to 2^-steps,
+    then placed where the gamut's surface crosses the bracket (``_surface_factor``); ab = 0 is
+    always inside, so the search cannot fail. Only those pixels are searched.
     """
     with torch.autocast(device_type=lab.device.type, enabled=False):
         lab = _float_no_autocast(lab)
@@ -158,8 +159,33 @@ def lab_to_rgb_keep_lightness(lab: torch.Tensor, steps: int = 10) -> torch.Tenso
                 middle = (low + high) / 2
                 inside = ~_outside_gamut(_pixels_to_rgb(pixels, middle))[:, None]
                 low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
-            rgb.permute(0, 2, 3, 1)[outside] = _pixels_to_rgb(pixels, low)
+            factor = _surface_factor(pixels, low, high)
+            rgb.permute(0, 2, 3, 1)[outside] = _pixels_to_rgb(pixels, factor)
         return rgb.clamp_(0.0, 1.0)
+
+
+def _surface_factor(pixels: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The chroma factor ``[N, 1]`` at which Lab pixels ``[N, 3]`` meet the gamut's surface,
+    between a factor inside (``low``) and one outside (``high``): each channel that leaves
+    [0, 1] in that bracket is interpolated linearly to where it crosses, and the first
+    crossing is taken.
+
+    Bisection alone returns ``low``, a step function of the input: a float-rounding change of
+    the chroma (the same photo merged whole or in strips) could move the result by a whole
+    2^-steps of the chroma, up to three 8-bit levels. The crossing moves with the input, so
+    such changes stay float rounding.
+    """
+    below = _channel_excess(_pixels_to_rgb(pixels, low))
+    above = _channel_excess(_pixels_to_rgb(pixels, high))
+    leaving = (above > 0) & (above > below)
+    crossing = low - below * (high - low) / torch.where(leaving, above - below, 1.0)
+    crossing = torch.where(leaving, crossing, high)
+    return crossing.amin(dim=1, keepdim=True).clamp(min=0.0).minimum(high)
+
+
+def _channel_excess(rgb: torch.Tensor) -> torch.Tensor:
+    """How far each channel of sRGB pixels ``[N, 3]`` lies outside [0, 1] (negative: inside)."""
+    return torch.maximum(rgb - 1.0, -rgb)
 
 
 _GAMUT_SLACK = 1e-4  # float error of the Lab round trip; a tenth of an 8-bit level is below it

@@ -108,9 +108,8 @@ def smooth_chroma(height: int, width: int, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_strips_merge_as_the_whole_image_does(channels: int):
     """Strips of 7 rows (a height the chroma's rows do not divide) give the whole-image
-    merge's pixels, up to one level of rounding: no seams. Beyond a level only on the gamut's
-    edge (a channel at 0 or 255), where the desaturation's bisection (to 2^-10 of the chroma)
-    turns float rounding into a step, at a pixel or so of the 126,000."""
+    merge's pixels up to one level of rounding (the strips interpolate chroma rows with
+    float64 positions, the whole image in float32), and exactly one strip's: no seams."""
     gray = scan_texture(301, 419, 255).astype(np.uint8)
     photo = torch.from_numpy(gray)[None]
     if channels == 3:
@@ -121,15 +120,11 @@ def test_strips_merge_as_the_whole_image_does(channels: int):
     whole = merge_full_resolution(whole_l, ab)[0]
     strips = merge_in_strips(photo, ab, strip_pixels=419 * 7)
     assert strips.shape == whole.shape and strips.dtype == torch.uint8
-    difference = (strips.int() - whole.int()).abs().amax(dim=0)
-    assert (difference > 0).float().mean() < 0.001  # rounding, not a systematic shift
-    beyond = difference > 1
-    assert beyond.float().mean() < 1e-4
-    both = torch.cat([strips, whole])
-    on_edge = ((both == 0) | (both == 255)).any(dim=0)
-    assert on_edge[beyond].all()
+    difference = (strips.int() - whole.int()).abs()
+    assert difference.max() <= 1
+    assert (difference > 0).float().mean() < 1e-3  # rounding, not a systematic shift
     one_strip = merge_in_strips(photo, ab, strip_pixels=301 * 419)
-    assert (strips.int() - one_strip.int()).abs().max() <= 1
+    assert torch.equal(strips, one_strip)
 
     working = working_lightness(photo, (64, 89), torch.device("cpu"), strip_pixels=419 * 7)
     assert torch.allclose(working, resize_planes(whole_l, (64, 89)), atol=1e-5)
@@ -141,7 +136,7 @@ def test_strips_of_a_16_bit_scan_merge_as_one_strip_does():
     one = merge_in_strips(photo, ab, strip_pixels=203 * 157)
     strips = merge_in_strips(photo, ab, strip_pixels=157 * 5)
     assert one.dtype == torch.uint16
-    assert (strips.int() - one.int()).abs().max() <= 1
+    assert torch.equal(strips, one)
 
 
 # --- 3. 16-bit in, 16-bit out --------------------------------------------------------------------

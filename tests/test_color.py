@@ -169,6 +169,25 @@ def test_keep_lightness_desaturates_out_of_gamut_colours_instead_of_clipping():
     assert left[~inside[:, :1]].all()
 
 
+def test_desaturation_moves_with_the_chroma_not_in_steps():
+    """A float-rounding change of the chroma (as a photo merged whole or in strips gets) moves
+    a desaturated colour by float rounding too, and the colour lies on the gamut's surface: a
+    bisection's last inside factor alone would jump by 2^-10 of the chroma, up to 3 levels."""
+    torch.manual_seed(1)
+    lab = torch.cat(
+        [torch.rand(1, 1, 100, 100) * 100, (torch.rand(1, 2, 100, 100) * 2 - 1) * 110], 1
+    )
+    nudged = lab.clone()
+    nudged[:, 1:] *= 1 + 3e-7  # a few float32 ulps
+    kept, kept_nudged = (color.lab_to_rgb_keep_lightness(x) for x in (lab, nudged))
+    # At most the gamut test's slack (1e-4, 0.03 levels), where the nudge crosses it.
+    assert (kept - kept_nudged).abs().max() * 255 < 0.05
+    # On the surface: some channel at 0 or 1 for every desaturated pixel.
+    outside = ((kornia.color.lab_to_rgb(lab, clip=False) - 0.5).abs() > 0.5 + 1e-4).any(dim=1)
+    surface = torch.maximum(kept, 1 - kept).amax(dim=1)[outside]
+    assert outside.float().mean() > 0.3 and (surface > 1 - 1e-5).all()
+
+
 def test_merge_lab_clips_for_the_metrics_and_keeps_lightness_for_photos():
     """The metrics' reconstruction clips R, G and B (README, Metrics); photos colorized for
     people keep their L (``keep_lightness``)."""
