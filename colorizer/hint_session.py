@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from colorizer.data.images import SkippedImage, load_rgb
+from colorizer.data.images import SkippedImage, load_rgb, pixel_limit
 from colorizer.errors import ConfigError
 from colorizer.hints import parse_hint
 from colorizer.inference import (
@@ -69,6 +69,7 @@ class HintSession:
         self.max_megapixels = max_megapixels
         self.photo: Photo | None = None
         self.lock = threading.Lock()
+        self._decoding = threading.Lock()
         self._next_id = 1
 
     def info(self) -> dict:
@@ -85,10 +86,12 @@ class HintSession:
             path = Path(folder) / "upload"
             path.write_bytes(data)
             self._check_pixels(name, path)
-            try:
-                image = load_rgb(path)
-            except SkippedImage as err:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"{name}: {err.reason}") from err
+            # Pillow's limit is the process's: uploads decode one at a time under this one.
+            with self._decoding, pixel_limit(self.max_megapixels):
+                try:
+                    image = load_rgb(path)
+                except SkippedImage as err:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, f"{name}: {err.described}") from err
         height, width = image.shape[-2:]
         scale = min(1.0, max(PREVIEW_SIDE, self.size) / min(height, width))
         shape = (max(1, round(height * scale)), max(1, round(width * scale)))

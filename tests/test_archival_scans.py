@@ -16,6 +16,7 @@ from skimage.color import rgb2lab
 
 from colorizer.full_resolution import merge_in_strips, working_lightness
 from colorizer.inference import full_lightness, merge_full_resolution, resize_planes
+from tests.helpers import colour_photo
 
 
 def run_colorize(main_of, checkpoint: Path, source: Path, out: Path, *options: str):
@@ -94,6 +95,29 @@ def test_a_header_claiming_more_pixels_than_the_file_can_hold_is_refused(
         "more than 1000 per byte)" in result.stderr
     )
     assert not (tmp_path / "out" / "bomb.png").exists()
+
+
+def test_training_data_takes_scans_up_to_data_max_megapixels(tmp_path, monkeypatch):
+    """The training guard is Pillow's (here scaled down to 0.05 MP); ``data.max_megapixels``
+    raises it for every read: the scan, the resized cache and the loaders."""
+    from colorizer.data.curated import CuratedDataModule
+    from colorizer.errors import DataError
+
+    for i in range(6):
+        colour_photo(320, 240, seed=i).save(tmp_path / f"photo{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    options = {"root": str(tmp_path), "image_size": 32, "batch_size": 2, "num_workers": 0}
+    with pytest.raises(DataError) as refused:
+        CuratedDataModule(**options).setup("fit")
+    assert "6 decompression bomb" in str(refused.value)
+    assert "over the 0.05-megapixel limit: data.max_megapixels= raises it" in str(refused.value)
+
+    data = CuratedDataModule(**options, max_megapixels=0.1, resized_cache=str(tmp_path / "c"))
+    data.setup("fit")
+    assert len(data.train_set) + len(data.val_set) + len(data.test_set) == 6
+    assert data.train_set[0].shape == (3, 32, 32) and data.val_set[0].shape == (3, 32, 32)
+    assert Image.MAX_IMAGE_PIXELS == 50_000
+    assert "max_megapixels" in CuratedDataModule.split_settings
 
 
 # --- 2. the merge in strips ----------------------------------------------------------------------

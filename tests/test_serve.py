@@ -132,6 +132,16 @@ def test_the_api_refuses_in_one_line_what_it_cannot_use():
         assert (status, json.loads(body)) == (200, {"a b.png": []})
 
 
+def test_photos_over_pillows_limit_are_served_up_to_max_megapixels(monkeypatch):
+    """Pillow's guard (89 MP; here 0.05 MP) does not refuse what ``max_megapixels`` allows."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    session = HintSession(HintEcho(), size=48, max_upload_mb=5, max_megapixels=0.1)
+    with serving(session) as url:
+        status, body = request(f"{url}/photo", photo_bytes(), **{"X-Filename": "p.png"})
+        assert status == 200, body
+    assert Image.MAX_IMAGE_PIXELS == 50_000
+
+
 @pytest.fixture(scope="module")
 def hint_checkpoint(tmp_path_factory) -> Path:
     """last.ckpt of alpha trained 4 steps with hints (model.hints=true) by colorizer.run."""

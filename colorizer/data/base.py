@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from colorizer.data.augment import DeviceAugmentation
 from colorizer.data.cache import reduce_to_area
-from colorizer.data.images import SkippedImage, load_rgb
+from colorizer.data.images import SkippedImage, load_rgb, pixel_limit
 from colorizer.data.loaders import image_loader
 from colorizer.data.stream import (
     ShuffledStream,
@@ -128,7 +128,8 @@ class ImageFileDataset(Dataset[torch.Tensor]):
     fast per image as from a resized cache, or faster. Cached or not, an item is the same.
 
     A file that passed the set-up scan but fails now (deleted, rewritten) is logged once and
-    replaced by the next loadable index, so one bad file cannot kill a long run.
+    replaced by the next loadable index, so one bad file cannot kill a long run. Files over
+    ``max_megapixels`` are refused as decompression bombs (None: Pillow's guard, 89.5 MP).
     """
 
     def __init__(
@@ -142,8 +143,10 @@ class ImageFileDataset(Dataset[torch.Tensor]):
         cache_folder: Path | None = None,
         seed: int | None = None,
         memory_bytes: int = 0,
+        max_megapixels: float | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.max_megapixels = max_megapixels
         self.seed = seed
         self.transform = transform
         self.min_size = min_size
@@ -207,7 +210,10 @@ class ImageFileDataset(Dataset[torch.Tensor]):
                 return decode_jpeg(path, mode="RGB")
             except (RuntimeError, ValueError):
                 pass  # e.g. a copy damaged or empty on disk: the careful path says what is wrong
-        return load_rgb(path, min_size=self.min_size, decode_size=self.decode_size)
+        # Pillow's limit is the process's: a loader worker's, or the main process's when it
+        # decodes (num_workers=0), where no other thread decodes meanwhile.
+        with pixel_limit(self.max_megapixels):
+            return load_rgb(path, min_size=self.min_size, decode_size=self.decode_size)
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -20,9 +20,11 @@ from colorizer.data.cache import cache_folder, cache_side, resized_copies
 from colorizer.data.images import (
     IMAGE_EXTENSIONS,
     ScanResult,
+    bomb_note,
     format_reasons,
     format_summary,
     list_image_files,
+    pixel_limit,
     scan_images,
 )
 
@@ -69,7 +71,10 @@ class CuratedDataModule(ImageDataModule):
     """
 
     source_settings = ("root",)
-    split_settings = ("seed", "val_fraction", "test_fraction", "min_size", "exclude_grayscale")
+    split_settings = (
+        *("seed", "val_fraction", "test_fraction", "min_size", "exclude_grayscale"),
+        "max_megapixels",
+    )
 
     def __init__(
         self,
@@ -85,6 +90,7 @@ class CuratedDataModule(ImageDataModule):
         augment: Mapping[str, Any] | None = None,
         resized_cache: str | None = None,
         memory_cache_mb: float = 1024,
+        max_megapixels: float | None = None,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
@@ -100,6 +106,13 @@ class CuratedDataModule(ImageDataModule):
         ):
             raise DataError(f"data.memory_cache_mb={memory_cache_mb!r} must be a number >= 0")
         self.memory_cache_mb = memory_cache_mb
+        if max_megapixels is not None and (
+            isinstance(max_megapixels, bool)
+            or not isinstance(max_megapixels, int | float)
+            or not max_megapixels > 0
+        ):
+            raise DataError(f"data.max_megapixels={max_megapixels!r} must be a positive number")
+        self.max_megapixels = max_megapixels
         self.splits: dict[str, list[Path]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -109,9 +122,10 @@ class CuratedDataModule(ImageDataModule):
         # Training crops (scale >= 0.35 of the area) need a source of side² pixels, no more.
         side = cache_side(self.image_size, TRAIN_CROP_SCALE[0])
         if self.resized_cache is not None:
-            splits["train"] = resized_copies(
-                splits["train"], self.resized_cache, side, min_side=self.image_size
-            )
+            with pixel_limit(self.max_megapixels):  # its threads decode under this limit
+                splits["train"] = resized_copies(
+                    splits["train"], self.resized_cache, side, min_side=self.image_size
+                )
             folder = cache_folder(self.resized_cache, side, min_side=self.image_size)
         # Each loader process keeps its share of the memory budget.
         memory = int(self.memory_cache_mb * 2**20) // max(1, self.num_workers)
@@ -125,6 +139,7 @@ class CuratedDataModule(ImageDataModule):
                 cache_folder=folder if split == "train" else None,
                 seed=self.seed,
                 memory_bytes=memory,
+                max_megapixels=self.max_megapixels,
             )
             for split in SPLITS
         )
@@ -253,7 +268,7 @@ class CuratedDataModule(ImageDataModule):
         if not result.paths:
             raise DataError(
                 f"data.root: none of the {len(files)} image files in {folder} is usable "
-                f"({format_reasons(result.skipped)}): add colour photographs (at least "
+                f"({self.skip_reasons(result)}): add colour photographs (at least "
                 f"{self.min_size} px) or fix data.root"
             )
         return result.paths
@@ -263,9 +278,21 @@ class CuratedDataModule(ImageDataModule):
         rules) and log one line of what was used and skipped (a warning when any was); returns
         the result and that line, for the caller's own "too few images" error."""
         files = list(files)
-        result = scan_images(
-            files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
-        )
-        summary = format_summary(label, len(files), result)
+        with pixel_limit(self.max_megapixels):  # its threads decode under this limit
+            result = scan_images(
+                files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
+            )
+        summary = format_summary(label, len(files), result) + self._bomb_note(result)
         log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
         return result, summary
+
+    def skip_reasons(self, result: ScanResult) -> str:
+        """Why ``result``'s files were skipped, in one phrase, bombs explained."""
+        return format_reasons(result.skipped) + self._bomb_note(result)
+
+    def _bomb_note(self, result: ScanResult) -> str:
+        """``; decompression bombs: over the 89.5-megapixel limit: data.max_megapixels= raises
+        it; ...`` when ``result`` skipped any, else nothing."""
+        if not result.skipped["decompression bomb"]:
+            return ""
+        return f"; decompression bombs: {bomb_note(self.max_megapixels, 'data.max_megapixels')}"

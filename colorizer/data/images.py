@@ -83,6 +83,21 @@ class SkippedImage(Exception):
         return self.reason if self.detail is None else f"{self.reason} ({self.detail})"
 
 
+# Pillow's own decompression-bomb guard: the default limit for training data.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def bomb_note(max_megapixels: float | None, key: str) -> str:
+    """What a ``decompression bomb`` skip means: ``over the 89.5-megapixel limit (KEY= raises
+    it) or declaring more pixels than the file can hold``."""
+    pillows = (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # the guard in force: 89.5 MP unless changed
+    megapixels = pillows if max_megapixels is None else max_megapixels
+    return (
+        f"over the {megapixels:g}-megapixel limit: {key}= raises it; or declaring more "
+        "pixels than the file can hold"
+    )
+
+
 @contextmanager
 def pixel_limit(max_megapixels: float | None) -> Iterator[None]:
     """Within it, :func:`load_rgb` refuses images over ``max_megapixels`` (None: Pillow's own

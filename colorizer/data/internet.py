@@ -12,7 +12,7 @@ again (a failed one only with ``retry_failed=True``), so re-running a list downl
 and a changed list only its new URLs, each run adding a shard (img2dataset's "extend" mode).
 URLs are untrusted input: only http(s) ones reach img2dataset, redirects lead only to
 http(s), each download has a size and a time limit (:mod:`colorizer.data.url_guard`) besides
-urllib's per-request timeout, and images over ``max_pixels`` are refused from their header,
+urllib's per-request timeout, and images over ``max_megapixels`` are refused from their header,
 before OpenCV decodes them.
 """
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 from colorizer.data.base import DataError, seeded_split
 from colorizer.data.curated import SPLITS, CuratedDataModule
-from colorizer.data.images import format_reasons
+from colorizer.data.images import DEFAULT_MAX_PIXELS, format_reasons
 from colorizer.data.url_cache import (
     Outcome,
     apply_recorded_orientation,
@@ -62,7 +62,9 @@ class InternetDataModule(CuratedDataModule):
             this long after the request started is abandoned ("timeout").
         retries: extra tries of a failed request within one run.
         threads, processes: img2dataset's download threads per process, and processes.
-        max_pixels: larger images are refused ("too large") before they are decoded.
+        max_megapixels: larger images are refused ("too large") before they are downloaded
+            whole or decoded (None: Pillow's guard, 89.5 MP), as the folder source refuses
+            them.
         retry_failed: fetch again URLs that failed in an earlier run (by default only new
             URLs are fetched, so a re-run makes no request).
         Others: as :class:`CuratedDataModule`.
@@ -83,7 +85,6 @@ class InternetDataModule(CuratedDataModule):
         retries: int = 2,
         threads: int = 16,
         processes: int = 1,
-        max_pixels: int = 89_478_485,
         retry_failed: bool = False,
         **folder: Any,
     ) -> None:
@@ -100,13 +101,14 @@ class InternetDataModule(CuratedDataModule):
             ("retries", retries, 0),
             ("threads", threads, 1),
             ("processes", processes, 1),
-            ("max_pixels", max_pixels, 1),
         ):
             if value < least:
                 raise DataError(f"data.{name}={value!r} must be at least {least:g}")
         self.cache_dir = Path(os.path.abspath(Path(cache_dir).expanduser()))
         self.shards = self.cache_dir / "shards"
-        self.max_pixels = max_pixels
+        self.max_pixels = (
+            DEFAULT_MAX_PIXELS if self.max_megapixels is None else int(self.max_megapixels * 1e6)
+        )
         self.max_download_bytes = int(max_download_mb * 1e6)
         self.max_download_seconds = max_download_seconds
         self.retry_failed = retry_failed
@@ -120,7 +122,7 @@ class InternetDataModule(CuratedDataModule):
             "thread_count": threads,
             "processes_count": processes,
             "min_image_size": self.min_size,
-            "max_image_area": max_pixels,
+            "max_image_area": self.max_pixels,
         }
         self.report: dict[str, Any] | None = None
 

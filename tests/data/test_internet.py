@@ -38,7 +38,7 @@ MAX_SECONDS = 2.0  # /drip.jpg sends a piece every 0.3 s (within TIMEOUT) for ~7
 # and its target (two requests) must fit in it on a busy 2-core machine
 SETTINGS = dict(
     image_size=32, num_workers=0, batch_size=4, download_size=96, timeout=TIMEOUT, retries=1,
-    threads=8, max_pixels=MAX_PIXELS, max_download_mb=MAX_BYTES / 1e6,
+    threads=8, max_megapixels=MAX_PIXELS / 1e6, max_download_mb=MAX_BYTES / 1e6,
     max_download_seconds=MAX_SECONDS,
 )  # fmt: skip
 
