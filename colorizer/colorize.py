@@ -48,6 +48,7 @@ from colorizer.photo_files import (
     Job,
     PhotoFiles,
     clashing_targets,
+    eight_bit,
     find_jobs,
     side_by_side,
     write_image,
@@ -274,11 +275,14 @@ def _rate(count: int, seconds: float) -> float:
 
 def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str | None:
     """Write a colorized photo (and its before/after image); returns the error, if any."""
+    before = item["image"]
+    if item.get("bits") == 8 and output.dtype == torch.uint16:  # a profiled 8-bit gray scan
+        before, output = (torch.from_numpy(eight_bit(x.numpy())) for x in (before, output))
     try:
         write_image(output, job.target, cfg.quality, item.get("exif"))
         if cfg.compare:
             compare = job.target.with_stem(job.target.stem + COMPARE_SUFFIX)
-            write_image(side_by_side(item["image"], output), compare, cfg.quality, item.get("exif"))
+            write_image(side_by_side(before, output), compare, cfg.quality, item.get("exif"))
     except (OSError, ValueError) as err:
         return f"cannot write {job.target.name} ({err})"
     return None

@@ -32,6 +32,7 @@ from colorizer.data.images import (
     pixel_limit,
 )
 from colorizer.errors import ConfigError
+from colorizer.icc import srgb_profile
 
 # format= choice -> (PIL format, file suffix). Inputs keep their own format by default.
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "tif": ("TIFF", ".tif")}
@@ -149,9 +150,11 @@ class PhotoFiles(Dataset):
     """Decodes the jobs' photos in workers; a bad file yields its reason instead of raising.
 
     Items: ``{"index", "image", "error": str or None, "colour": bool, "exif": bytes or
-    None}``: ``image`` is None or what :func:`~colorizer.data.images.load_photo` gives (uint8
-    ``[3, H, W]`` RGB, or gray ``[1, H, W]`` uint8 or uint16); ``exif`` is the photo's EXIF
-    with the orientation reset, since ``image`` is already upright. Photos over
+    None, "bits": 8 or 16}``: ``image`` is None or what
+    :func:`~colorizer.data.images.load_photo` gives (uint8 ``[3, H, W]`` sRGB, or gray
+    ``[1, H, W]`` uint8 or uint16); ``exif`` is the photo's EXIF with the orientation reset,
+    since ``image`` is already upright; ``bits`` the depth of the file's samples (an 8-bit
+    gray scan with a gray profile is read at 16 bits, but written back at 8). Photos over
     ``max_megapixels`` are refused (None: Pillow's limit, about 89 MP).
     """
 
@@ -175,21 +178,24 @@ class PhotoFiles(Dataset):
             return item | {"error": f"unreadable ({err.strerror or type(err).__name__})"}
         stride = max(1, max(image.shape[1:]) // 256)
         colour = image.shape[0] == 3 and not is_grayscale(image[:, ::stride, ::stride])
-        return item | {"image": image, "colour": colour, "exif": _upright_exif(source)}
+        exif, bits = _file_metadata(source)
+        return item | {"image": image, "colour": colour, "exif": exif, "bits": bits}
 
 
-def _upright_exif(path: Path) -> bytes | None:
-    """The file's EXIF (dates, captions, camera) with orientation 1, or None."""
+def _file_metadata(path: Path) -> tuple[bytes | None, int]:
+    """The file's EXIF (dates, captions, camera) with orientation 1, or None; and the depth
+    of its samples, 16 or 8 bits."""
     try:
         with Image.open(path) as image:
+            bits = 16 if image.mode == "I" or image.mode.startswith("I;16") else 8
             exif = image.getexif()
             if not exif:
-                return None
+                return None, bits
             if _EXIF_ORIENTATION in exif:
                 exif[_EXIF_ORIENTATION] = 1
-            return exif.tobytes()
+            return exif.tobytes(), bits
     except Exception:  # noqa: BLE001 - metadata is a courtesy; the pixels already loaded
-        return None
+        return None, 8
 
 
 def side_by_side(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -202,8 +208,9 @@ def side_by_side(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 
 def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | None) -> None:
     """Write uint8 or uint16 ``[3, H, W]`` atomically: a failed write leaves no file at
-    ``path``. uint16 stays 16-bit in PNG and TIFF (which Pillow cannot write in RGB: OpenCV
-    and tifffile do); other formats get it rounded to 8 bits."""
+    ``path``, tagged with an sRGB ICC profile (BMP has none). uint16 stays 16-bit in PNG and
+    TIFF (which Pillow cannot write in RGB: OpenCV and tifffile do); other formats get it
+    rounded to 8 bits."""
     fmt = SUFFIX_FORMATS[path.suffix.lower()]
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name in the same folder: invisible to a later scan, and os.replace stays atomic.
@@ -214,12 +221,14 @@ def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | Non
         if pixels.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
             _write_16_bit(pixels, partial, fmt, exif)
         else:
-            if pixels.dtype == np.uint16:  # round(v / 257): 65535 -> 255, 128 -> 0, 129 -> 1
-                pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            if pixels.dtype == np.uint16:
+                pixels = eight_bit(pixels)
             if fmt == "JPEG":
                 _write_opencv(pixels, partial, exif, [cv2.IMWRITE_JPEG_QUALITY, quality])
             else:
                 options: dict[str, Any] = {"quality": quality} if fmt == "WEBP" else {}
+                if fmt != "BMP":
+                    options["icc_profile"] = srgb_profile()
                 if exif and fmt in ("PNG", "WEBP"):
                     options["exif"] = exif
                 Image.fromarray(pixels).save(partial, format=fmt, **options)
@@ -228,11 +237,19 @@ def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | Non
         partial.unlink(missing_ok=True)
 
 
+def eight_bit(levels: np.ndarray) -> np.ndarray:
+    """uint16 levels -> uint8, rounded: round(v / 257), so 65535 -> 255, 128 -> 0, 129 -> 1."""
+    return ((levels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def _write_16_bit(pixels: np.ndarray, path: Path, fmt: str, exif: bytes | None) -> None:
     """uint16 RGB ``[H, W, 3]`` -> a 16-bit PNG (OpenCV, EXIF kept) or TIFF (tifffile,
     deflate-compressed)."""
     if fmt == "TIFF":
-        tifffile.imwrite(path, pixels, photometric="rgb", compression="zlib", metadata=None)
+        tifffile.imwrite(
+            path, pixels, photometric="rgb", compression="zlib", metadata=None,
+            iccprofile=srgb_profile(),
+        )  # fmt: skip
         return
     _write_opencv(pixels, path, exif)
 
@@ -247,15 +264,13 @@ def _write_opencv(
     if not pixels.flags.c_contiguous:  # a view (the before/after image): OpenCV needs rows
         pixels = np.ascontiguousarray(pixels)
     _swap_red_blue(pixels)
+    kinds, blocks = [cv2.IMAGE_METADATA_ICCP], [np.frombuffer(srgb_profile(), np.uint8)]
+    if exif:
+        # OpenCV writes EXIF from the TIFF data and adds JPEG's "Exif\0\0" itself.
+        kinds.append(cv2.IMAGE_METADATA_EXIF)
+        blocks.append(np.frombuffer(exif.removeprefix(b"Exif\x00\x00"), np.uint8))
     try:
-        if exif:
-            # OpenCV writes EXIF from the TIFF data and adds JPEG's "Exif\0\0" itself.
-            tiff = np.frombuffer(exif.removeprefix(b"Exif\x00\x00"), np.uint8)
-            written = cv2.imwriteWithMetadata(
-                str(path), pixels, [cv2.IMAGE_METADATA_EXIF], [tiff], params or []
-            )
-        else:
-            written = cv2.imwrite(str(path), pixels, params or [])
+        written = cv2.imwriteWithMetadata(str(path), pixels, kinds, blocks, params or [])
     finally:
         _swap_red_blue(pixels)
     if not written:

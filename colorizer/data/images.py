@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from colorizer.icc import to_srgb
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -120,7 +122,8 @@ def pixel_limit(max_megapixels: float | None) -> Iterator[None]:
 def load_rgb(
     path: str | os.PathLike[str], *, min_size: int = 16, decode_size: int | None = None
 ) -> torch.Tensor:
-    """Decode an image file to RGB, upright, composited on white.
+    """Decode an image file to sRGB (an embedded ICC profile applied), upright, composited on
+    white.
 
     Args:
         path: the image file.
@@ -141,9 +144,10 @@ def load_rgb(
 
 def load_photo(path: str | os.PathLike[str], *, min_size: int = 16) -> torch.Tensor:
     """Decode an image file as :func:`load_rgb` does, but keep a grayscale one gray and at its
-    depth: uint8 ``[1, H, W]`` (8-bit gray), uint16 ``[1, H, W]`` in [0, 65535] (16-bit gray),
-    else uint8 ``[3, H, W]`` RGB; upright. A third of the memory for a gray scan, and all of
-    a 16-bit master's tones.
+    depth: uint8 ``[1, H, W]`` (8-bit gray), uint16 ``[1, H, W]`` in [0, 65535] (16-bit gray,
+    or gray whose ICC profile is not sRGB's: converted to sRGB gray at 16 bits), else uint8
+    ``[3, H, W]`` sRGB; upright. A third of the memory for a gray scan, and all of a 16-bit
+    master's tones.
     """
     array = _decode(Path(path), min_size, None, _to_photo_array)
     image = torch.from_numpy(array)
@@ -192,7 +196,8 @@ def _decode(
             # Relies on PIL's default LOAD_TRUNCATED_IMAGES=False: a cut file raises, never
             # comes back half gray. This module never changes that setting.
             image.load()
-            return to_array(image)
+            _upright(image)
+            return to_array(to_srgb(image, path))
         except _ACCESS_ERRORS:
             raise
         except _CORRUPT_ERRORS as error:
@@ -215,18 +220,16 @@ def _upright(image: Image.Image) -> None:
 
 
 def _to_photo_array(image: Image.Image) -> np.ndarray:
-    """A loaded PIL image -> upright uint8 ``[H, W]`` (gray), uint16 ``[H, W]`` (16-bit
-    gray) or uint8 ``[H, W, 3]`` (anything else, as :func:`_to_rgb_array`)."""
+    """A loaded PIL image -> uint8 ``[H, W]`` (gray), uint16 ``[H, W]`` (16-bit gray) or uint8
+    ``[H, W, 3]`` (anything else, as :func:`_to_rgb_array`)."""
     if image.mode == "L" or (image.mode.startswith("I;16") and not image.has_transparency_data):
-        _upright(image)
         gray = np.asarray(image)
         return gray if gray.dtype == np.uint8 else gray.astype(np.uint16)  # I;16B: big-endian
     return _to_rgb_array(image)
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert a loaded PIL image of any mode to an upright uint8 ``[H, W, 3]`` array."""
-    _upright(image)
+    """Convert a loaded PIL image of any mode to a uint8 ``[H, W, 3]`` array."""
     if image.mode == "I" or image.mode.startswith("I;16"):
         # 16-bit data spans 0..65535; PIL's convert("L") clips at 255, turning most of the
         # picture white, so scale instead (with rounding: 65535 -> 255, 32768 -> 128).
