@@ -198,13 +198,17 @@ def _check(cfg: DictConfig) -> None:
 def _colorize_batch(
     network: ChromaNetwork, photos: list[tuple[Job, dict]], size: int
 ) -> tuple[list[tuple[Job, dict, torch.Tensor]], dict[Job, str]]:
-    """Colorize a batch: (job, item, uint8 output) of those that worked, errors of the others."""
+    """Colorize a batch: (job, item, output) of those that worked, errors of the others. The
+    further pages of a multi-page TIFF are colorized too, into ``item["page_outputs"]``."""
     if not photos:
         return [], {}
-    images = [item["image"] for _, item in photos]
-    hints = [item.get("hints", []) for _, item in photos]
+    images = [page for _, item in photos for page in (item["image"], *item.get("pages", ()))]
+    hints = [
+        hint for _, item in photos
+        for hint in (item.get("hints", []), *([] for _ in item.get("pages", ())))
+    ]  # fmt: skip
     try:
-        outputs = colorize_full_resolution(network, images, size, hints if any(hints) else None)
+        every = colorize_full_resolution(network, images, size, hints if any(hints) else None)
     except (RuntimeError, MemoryError) as err:
         if len(photos) == 1:
             return [], {photos[0][0]: _describe_failure(err)}
@@ -215,6 +219,11 @@ def _colorize_batch(
             done += one_done
             failed |= one_failed
         return done, failed
+    outputs = []
+    for _, item in photos:
+        item["page_outputs"] = every[1 : 1 + len(item.get("pages", ()))]
+        outputs.append(every[0])
+        every = every[1 + len(item["page_outputs"]) :]
     return [(job, item, out) for (job, item), out in zip(photos, outputs, strict=True)], {}
 
 
@@ -275,17 +284,28 @@ def _rate(count: int, seconds: float) -> float:
 
 def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str | None:
     """Write a colorized photo (and its before/after image); returns the error, if any."""
-    before = item["image"]
+    before, pages = item["image"], item.get("page_outputs", [])
     if item.get("bits") == 8 and output.dtype == torch.uint16:  # a profiled 8-bit gray scan
-        before, output = (torch.from_numpy(eight_bit(x.numpy())) for x in (before, output))
+        before, output, *pages = (as_8_bit(x) for x in (before, output, *pages))
+    if pages and job.target.suffix.lower() not in (".tif", ".tiff"):
+        log.warning("%s: its %d further pages are kept only in a TIFF output (format=tif)",
+                    job.source, len(pages))  # fmt: skip
+    # A TIFF's pages are of one depth: a 16-bit page among 8-bit ones is written at 8 bits.
+    if any(page.dtype != output.dtype for page in pages):
+        output, *pages = (as_8_bit(x) if x.dtype == torch.uint16 else x for x in (output, *pages))
     try:
-        write_image(output, job.target, cfg.quality, item.get("exif"))
+        write_image(output, job.target, cfg.quality, item.get("exif"), pages, item.get("tiff_tags"))
         if cfg.compare:
             compare = job.target.with_stem(job.target.stem + COMPARE_SUFFIX)
             write_image(side_by_side(before, output), compare, cfg.quality, item.get("exif"))
     except (OSError, ValueError) as err:
         return f"cannot write {job.target.name} ({err})"
     return None
+
+
+def as_8_bit(image: torch.Tensor) -> torch.Tensor:
+    """uint16 -> uint8, rounded (:func:`~colorizer.photo_files.eight_bit`); uint8 as it is."""
+    return torch.from_numpy(eight_bit(image.numpy())) if image.dtype == torch.uint16 else image
 
 
 def _describe_failure(err: BaseException) -> str:

@@ -12,7 +12,8 @@ import glob
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,24 +179,58 @@ class PhotoFiles(Dataset):
             return item | {"error": f"unreadable ({err.strerror or type(err).__name__})"}
         stride = max(1, max(image.shape[1:]) // 256)
         colour = image.shape[0] == 3 and not is_grayscale(image[:, ::stride, ::stride])
-        exif, bits = _file_metadata(source)
-        return item | {"image": image, "colour": colour, "exif": exif, "bits": bits}
+        metadata = _file_metadata(source)
+        try:
+            with pixel_limit(self.max_megapixels):
+                pages = [load_photo(source, min_size=1, page=i) for i in range(1, metadata.pages)]
+        except SkippedImage as skip:
+            return item | {"error": skip.described}
+        kept = {"exif": metadata.exif, "bits": metadata.bits, "tiff_tags": metadata.tiff_tags}
+        return item | kept | {"image": image, "colour": colour, "pages": pages}
 
 
-def _file_metadata(path: Path) -> tuple[bytes | None, int]:
-    """The file's EXIF (dates, captions, camera) with orientation 1, or None; and the depth
-    of its samples, 16 or 8 bits."""
+@dataclass(frozen=True)
+class FileMetadata:
+    """What of a photo file besides its first page's pixels colorize carries to the output:
+    EXIF (orientation reset, TIFF layout tags left out), the depth of its samples (8 or 16
+    bits), its page count, and a TIFF's descriptive tags (scanner, software, dates, resolution:
+    ``TIFF_TAGS``) by tag number."""
+
+    exif: bytes | None = None
+    bits: int = 8
+    pages: int = 1
+    tiff_tags: dict[int, Any] = field(default_factory=dict)
+
+
+# A scanner's TIFF tags that describe the photo rather than its layout in the file.
+TIFF_TAGS = {
+    269: "DocumentName", 270: "ImageDescription", 271: "Make", 272: "Model",
+    282: "XResolution", 283: "YResolution", 296: "ResolutionUnit", 305: "Software",
+    306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright",
+}  # fmt: skip
+# Tags that say how a TIFF's pixels are laid out in that file, meaningless in another.
+_LAYOUT_TAGS = frozenset(range(254, 270)) | {
+    273, 277, 278, 279, 280, 281, 284, 292, 293, 317, 320, 322, 323, 324, 325, 338, 339, 340,
+    341, 530, 531, 532, 34675,
+}  # fmt: skip
+
+
+def _file_metadata(path: Path) -> FileMetadata:
+    """The metadata of ``path`` that outputs keep (:class:`FileMetadata`)."""
     try:
         with Image.open(path) as image:
             bits = 16 if image.mode == "I" or image.mode.startswith("I;16") else 8
+            pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+            tags = getattr(image, "tag_v2", {})
+            tiff_tags = {tag: tags[tag] for tag in TIFF_TAGS if tag in tags}
             exif = image.getexif()
-            if not exif:
-                return None, bits
+            for tag in _LAYOUT_TAGS & set(exif):
+                del exif[tag]
             if _EXIF_ORIENTATION in exif:
                 exif[_EXIF_ORIENTATION] = 1
-            return exif.tobytes(), bits
+            return FileMetadata(exif.tobytes() if exif else None, bits, pages, tiff_tags)
     except Exception:  # noqa: BLE001 - metadata is a courtesy; the pixels already loaded
-        return None, 8
+        return FileMetadata()
 
 
 def side_by_side(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -206,11 +241,19 @@ def side_by_side(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return torch.cat([before.expand(3, -1, -1), gap, after], dim=2)
 
 
-def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | None) -> None:
+def write_image(
+    image: torch.Tensor,
+    path: Path,
+    quality: int,
+    exif: bytes | None,
+    pages: Sequence[torch.Tensor] = (),
+    tiff_tags: Mapping[int, Any] | None = None,
+) -> None:
     """Write uint8 or uint16 ``[3, H, W]`` atomically: a failed write leaves no file at
     ``path``, tagged with an sRGB ICC profile (BMP has none). uint16 stays 16-bit in PNG and
     TIFF (which Pillow cannot write in RGB: OpenCV and tifffile do); other formats get it
-    rounded to 8 bits."""
+    rounded to 8 bits. A TIFF also gets the further ``pages`` (of the same dtype) and the
+    scanner's ``tiff_tags`` (``TIFF_TAGS``); other formats get ``exif``."""
     fmt = SUFFIX_FORMATS[path.suffix.lower()]
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name in the same folder: invisible to a later scan, and os.replace stays atomic.
@@ -218,8 +261,11 @@ def write_image(image: torch.Tensor, path: Path, quality: int, exif: bytes | Non
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
     pixels = image.permute(1, 2, 0).numpy()  # [H, W, 3]: a view when image is such a view
     try:
-        if pixels.dtype == np.uint16 and fmt in ("PNG", "TIFF"):
-            _write_16_bit(pixels, partial, fmt, exif)
+        if fmt == "TIFF":
+            every = [pixels, *(page.permute(1, 2, 0).numpy() for page in pages)]
+            _write_tiff(every, partial, tiff_tags or {})
+        elif pixels.dtype == np.uint16 and fmt == "PNG":
+            _write_opencv(pixels, partial, exif)
         else:
             if pixels.dtype == np.uint16:
                 pixels = eight_bit(pixels)
@@ -242,16 +288,26 @@ def eight_bit(levels: np.ndarray) -> np.ndarray:
     return ((levels.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def _write_16_bit(pixels: np.ndarray, path: Path, fmt: str, exif: bytes | None) -> None:
-    """uint16 RGB ``[H, W, 3]`` -> a 16-bit PNG (OpenCV, EXIF kept) or TIFF (tifffile,
-    deflate-compressed)."""
-    if fmt == "TIFF":
-        tifffile.imwrite(
-            path, pixels, photometric="rgb", compression="zlib", metadata=None,
-            iccprofile=srgb_profile(),
-        )  # fmt: skip
-        return
-    _write_opencv(pixels, path, exif)
+# tifffile writes a classic TIFF up to 4 GB; past that (with room for tags) it needs BigTIFF.
+_CLASSIC_TIFF_BYTES = 2**32 - 2**25
+
+
+def _write_tiff(pages: list[np.ndarray], path: Path, tags: Mapping[int, Any]) -> None:
+    """RGB pages ``[H, W, 3]`` (uint8 or uint16) -> one deflate-compressed TIFF page each, by
+    tifffile (from the arrays themselves: no copy), with the scanner's ``tags``."""
+    resolution = (tags[282], tags[283]) if 282 in tags and 283 in tags else None
+    unit = {1: "NONE", 2: "INCH", 3: "CENTIMETER"}.get(tags.get(296, 2), "INCH")
+    text = [(tag, "s", 0, str(tags[tag]), True) for tag in TIFF_TAGS if tag in tags]
+    text = [entry for entry in text if entry[0] not in (270, 282, 283, 296, 305, 306)]
+    bigtiff = sum(page.nbytes for page in pages) > _CLASSIC_TIFF_BYTES
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tiff:
+        for page in pages:
+            tiff.write(
+                page, photometric="rgb", compression="zlib", metadata=None,
+                iccprofile=srgb_profile(), description=tags.get(270), software=tags.get(305),
+                datetime=tags.get(306), resolution=resolution,
+                resolutionunit=unit if resolution else None, extratags=text,
+            )  # fmt: skip
 
 
 def _write_opencv(

@@ -142,14 +142,14 @@ def load_rgb(
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
-def load_photo(path: str | os.PathLike[str], *, min_size: int = 16) -> torch.Tensor:
+def load_photo(path: str | os.PathLike[str], *, min_size: int = 16, page: int = 0) -> torch.Tensor:
     """Decode an image file as :func:`load_rgb` does, but keep a grayscale one gray and at its
     depth: uint8 ``[1, H, W]`` (8-bit gray), uint16 ``[1, H, W]`` in [0, 65535] (16-bit gray,
     or gray whose ICC profile is not sRGB's: converted to sRGB gray at 16 bits), else uint8
     ``[3, H, W]`` sRGB; upright. A third of the memory for a gray scan, and all of a 16-bit
-    master's tones.
+    master's tones. ``page``: which page of a multi-page file (TIFF), from 0.
     """
-    array = _decode(Path(path), min_size, None, _to_photo_array)
+    array = _decode(Path(path), min_size, None, _to_photo_array, page)
     image = torch.from_numpy(array)
     return image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous()
 
@@ -159,8 +159,10 @@ def _decode(
     min_size: int,
     decode_size: int | None,
     to_array: Callable[[Image.Image], np.ndarray],
+    page: int = 0,
 ) -> np.ndarray:
-    """Open ``path`` with the guards of :func:`load_rgb`, decode it, ``to_array`` it."""
+    """Open ``path`` with the guards of :func:`load_rgb`, decode its ``page``, ``to_array``
+    it."""
     file_bytes = path.stat().st_size
     if file_bytes == 0:
         raise SkippedImage("empty file", path)
@@ -176,6 +178,11 @@ def _decode(
         raise SkippedImage("truncated or corrupt", path) from error
 
     with image:
+        if page:
+            try:
+                image.seek(page)
+            except (EOFError, *_CORRUPT_ERRORS) as error:
+                raise SkippedImage("truncated or corrupt", path, f"no page {page + 1}") from error
         pixels = image.width * image.height
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and pixels > limit:

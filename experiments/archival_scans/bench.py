@@ -1,6 +1,7 @@
 """Peak memory and speed of ``colorizer.colorize`` on large synthetic gray scans (issue 29).
 
     python experiments/archival_scans/bench.py CKPT [--megapixels 25 100 400] [--dir DIR]
+        [--format jpg|png|tif|webp]
 
 Each scan (a gray 8-bit JPEG, square, with a ramp, soft shapes and grain) is written to a
 temporary folder (never kept), colorized alone by ``python -m colorizer.colorize`` in a
@@ -34,11 +35,12 @@ def write_scan(path: Path, side: int, seed: int = 0) -> None:
     Image.fromarray(gray).save(path, quality=90)
 
 
-def measure(ckpt: str, scan: Path, out: Path) -> tuple[float, float]:
+def measure(ckpt: str, scan: Path, out: Path, fmt: str) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of colorizing ``scan`` in a child process."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "colorizer.colorize",
                f"ckpt_path={ckpt}", f"input={scan}", f"output={out}", "num_workers=0",
-               "batch_size=1", "device=cpu", f"hydra.run.dir={out}/run"]  # fmt: skip
+               "batch_size=1", "device=cpu", f"format={fmt}",
+               f"hydra.run.dir={out}/run"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr)[
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--megapixels", type=int, nargs="+", default=[25, 100, 400])
     parser.add_argument("--dir", default=None, help="where the temporary scans go")
+    parser.add_argument("--format", default="jpg", help="the output format (colorize format=)")
     args = parser.parse_args()
     print("| megapixels | JPEG MB | peak RSS MiB | seconds | MP/s |")
     print("|---:|---:|---:|---:|---:|")
@@ -61,7 +64,7 @@ def main() -> None:
             side = round((megapixels * 1e6) ** 0.5)
             scan = Path(folder) / f"scan_{megapixels}mp.jpg"
             write_scan(scan, side)
-            peak, seconds = measure(args.ckpt, scan, Path(folder) / "out")
+            peak, seconds = measure(args.ckpt, scan, Path(folder) / "out", args.format)
             size = scan.stat().st_size / 1e6
             rate = side * side / 1e6 / seconds
             print(f"| {megapixels} | {size:.1f} | {peak:.0f} | {seconds:.1f} | {rate:.2f} |",
