@@ -8,8 +8,8 @@ output. So memory grows with the strip, not the photo, and the result is the who
 merge's (``colorizer.inference.merge_full_resolution``) up to float rounding: the strips
 compute the same bilinear weights the whole image would, so there are no seams.
 
-Photos are uint8 ``[3, H, W]`` sRGB, or gray ``[1, H, W]``, uint8 or uint16 (a 16-bit
-master's tones: its L is computed from all 16 bits, and the output keeps that depth).
+Photos are sRGB ``[3, H, W]`` or gray ``[1, H, W]``, uint8 or uint16 (a 16-bit master's
+tones: its L is computed from all 16 bits, and the output keeps that depth).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def strip_lightness(photo: torch.Tensor, rows: slice, device: torch.device) -> t
     docstring), computed on ``device``."""
     strip = photo[:, rows].to(device)
     if photo.shape[0] == 3:
+        if strip.dtype == torch.uint16:  # 16-bit colour: float32 keeps 1/65535 steps
+            strip = strip.float().div_(65535.0)
         return normalize_l(rgb_to_lab(strip[None])[:, :1])
     table = gray_lightness_table(photo.dtype, device)
     return table[strip.long()][None]

@@ -35,6 +35,19 @@ def srgb_profile() -> bytes:
     return bytes(icc)
 
 
+def describes_srgb(icc: bytes | None) -> bool:
+    """Whether an embedded profile (None: there is none) leaves the pixels as sRGB: none, or
+    one whose description says sRGB. An unreadable one counts as not (it is for
+    :func:`to_srgb` to report)."""
+    if not icc:
+        return True
+    try:
+        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+        return "srgb" in ImageCms.getProfileDescription(profile).lower()
+    except _PROFILE_ERRORS:
+        return False
+
+
 def to_srgb(image: Image.Image, name: object = "") -> Image.Image:
     """A loaded image with its embedded profile applied: RGB (``RGB``, ``RGBA``, ``CMYK``)
     converted to sRGB, gray (``L``, ``I;16``) to sRGB gray as ``I;16``; ``image`` itself when

@@ -185,7 +185,9 @@ class PhotoFiles(Dataset):
                 pages = [load_photo(source, min_size=1, page=i) for i in range(1, metadata.pages)]
         except SkippedImage as skip:
             return item | {"error": skip.described}
-        kept = {"exif": metadata.exif, "bits": metadata.bits, "tiff_tags": metadata.tiff_tags}
+        # 16-bit colour comes from OpenCV at its depth; the header Pillow reads says 8.
+        bits = 16 if image.dtype == torch.uint16 and image.shape[0] == 3 else metadata.bits
+        kept = {"exif": metadata.exif, "bits": bits, "tiff_tags": metadata.tiff_tags}
         return item | kept | {"image": image, "colour": colour, "pages": pages}
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 from skimage.color import rgb2lab
 
+from colorizer.data.images import SkippedImage, load_photo
 from colorizer.full_resolution import merge_in_strips, working_lightness
 from colorizer.inference import full_lightness, merge_full_resolution, resize_planes
 from tests.helpers import colour_photo
@@ -196,3 +197,51 @@ def test_a_16_bit_gray_master_comes_out_16_bit_with_its_lightness(
     assert jpeg.returncode == 0, jpeg.stderr
     with Image.open(tmp_path / "jpg" / "plate.jpg") as written:
         assert written.mode == "RGB"  # format= still asks for 8 bits
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16_bit_rgb_scan_of_a_print_comes_out_16_bit_with_its_lightness(
+    main_of, tmp_path, checkpoint_of, suffix: str
+):
+    """Scanners often save a black-and-white print as 16-bit RGB: its L is read from all 16
+    bits of each channel (Pillow alone would give 8), and written back at 16. The PNG is
+    stored rotated, with EXIF orientation 6: read upright as any photo is."""
+    levels = scan_texture(90, 130, 65535).round().astype(np.uint16)
+    warm = np.stack([levels, levels, (levels * 0.97).astype(np.uint16)], axis=2)  # a toned print
+    source = tmp_path / "prints" / f"print{suffix}"
+    source.parent.mkdir()
+    if suffix == ".tif":
+        tifffile.imwrite(source, warm, photometric="rgb")
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # turns the stored image back clockwise
+        stored = np.ascontiguousarray(np.rot90(warm, 1)[..., ::-1])  # BGR for OpenCV
+        cv2.imwriteWithMetadata(str(source), stored, [cv2.IMAGE_METADATA_EXIF],
+                                [np.frombuffer(exif.tobytes()[6:], np.uint8)])  # fmt: skip
+    result = run_colorize(main_of, checkpoint_of("alpha"), source, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+
+    output = read_16_bit_rgb(tmp_path / "out" / source.name)
+    assert output.dtype == np.uint16 and output.shape == (90, 130, 3)
+    assert len(np.unique(output)) > 1024
+    truth = rgb2lab(warm / 65535.0)[..., 0]
+    assert np.abs(rgb2lab(output / 65535.0)[..., 0] - truth).mean() < 0.05
+
+
+def test_16_bit_colour_that_cannot_be_read_deep_is_skipped_or_read_at_8_bits(tmp_path):
+    """A cut 16-bit PNG is "truncated or corrupt"; one with a profile other than sRGB goes to
+    Pillow and LittleCMS (at 8 bits) rather than being read deep in its own colour space."""
+    deep = (np.random.default_rng(0).random((40, 50, 3)) * 65535).astype(np.uint16)
+    whole = tmp_path / "whole.png"
+    cv2.imwrite(str(whole), deep)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(SkippedImage, match="truncated or corrupt"):
+        load_photo(cut)
+    assert load_photo(whole).dtype == torch.uint16
+
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))  # any profile but sRGB
+    tagged = tmp_path / "tagged.png"
+    cv2.imwriteWithMetadata(str(tagged), deep, [cv2.IMAGE_METADATA_ICCP],
+                            [np.frombuffer(lab.tobytes(), np.uint8)])  # fmt: skip
+    assert load_photo(tagged).dtype == torch.uint8

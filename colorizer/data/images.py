@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from colorizer.data.deep_colour import is_16_bit_colour, orientation_of, read_16_bit_colour
 from colorizer.icc import to_srgb
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,12 @@ def load_rgb(
 def load_photo(path: str | os.PathLike[str], *, min_size: int = 16, page: int = 0) -> torch.Tensor:
     """Decode an image file as :func:`load_rgb` does, but keep a grayscale one gray and at its
     depth: uint8 ``[1, H, W]`` (8-bit gray), uint16 ``[1, H, W]`` in [0, 65535] (16-bit gray,
-    or gray whose ICC profile is not sRGB's: converted to sRGB gray at 16 bits), else uint8
-    ``[3, H, W]`` sRGB; upright. A third of the memory for a gray scan, and all of a 16-bit
+    or gray whose ICC profile is not sRGB's: converted to sRGB gray at 16 bits), uint16
+    ``[3, H, W]`` (16-bit RGB PNG or TIFF, sRGB or untagged), else uint8 ``[3, H, W]`` sRGB;
+    upright. A third of the memory for a gray scan, and all of a 16-bit
     master's tones. ``page``: which page of a multi-page file (TIFF), from 0.
     """
-    array = _decode(Path(path), min_size, None, _to_photo_array, page)
+    array = _decode(Path(path), min_size, None, _to_photo_array, page, deep=True)
     image = torch.from_numpy(array)
     return image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous()
 
@@ -160,9 +162,10 @@ def _decode(
     decode_size: int | None,
     to_array: Callable[[Image.Image], np.ndarray],
     page: int = 0,
+    deep: bool = False,
 ) -> np.ndarray:
     """Open ``path`` with the guards of :func:`load_rgb`, decode its ``page``, ``to_array``
-    it."""
+    it; ``deep``: a 16-bit colour file comes back as it is, uint16 ``[H, W, 3]`` sRGB."""
     file_bytes = path.stat().st_size
     if file_bytes == 0:
         raise SkippedImage("empty file", path)
@@ -196,6 +199,8 @@ def _decode(
         if min(image.size) < min_size:
             raise SkippedImage("too small", path)
         try:
+            if deep and is_16_bit_colour(image, path):
+                return read_16_bit_colour(path, page, orientation_of(image))
             if decode_size is not None:
                 # JPEG only (a no-op elsewhere). The whole entropy stream is still decoded, so a
                 # truncated file raises here just as at full size (checked in the tests).
@@ -265,7 +270,7 @@ def is_grayscale(image: torch.Tensor) -> bool:
     """Whether an RGB image carries (almost) no colour.
 
     Args:
-        image: uint8 ``[3, H, W]`` in [0, 255].
+        image: uint8 ``[3, H, W]`` in [0, 255] (or uint16, judged on the same scale).
 
     Returns:
         True when fewer than 1% of pixels spread by more than 12 levels across R, G, B;
@@ -273,8 +278,10 @@ def is_grayscale(image: torch.Tensor) -> bool:
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an RGB image [3, H, W], got shape {tuple(image.shape)}")
-    spread = image.amax(dim=0).to(torch.int16) - image.amin(dim=0).to(torch.int16)
-    chromatic = (spread > _CHROMA_LEVELS).float().mean().item()
+    wide = image.to(torch.int32)  # PyTorch has no uint16 max on the CPU
+    spread = wide.amax(dim=0) - wide.amin(dim=0)
+    levels = _CHROMA_LEVELS * (257 if image.dtype == torch.uint16 else 1)
+    chromatic = (spread > levels).float().mean().item()
     return chromatic < _CHROMATIC_FRACTION
 
 
