@@ -19,7 +19,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import tifffile
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -34,6 +33,7 @@ from colorizer.data.images import (
 )
 from colorizer.errors import ConfigError
 from colorizer.icc import srgb_profile
+from colorizer.tiff_files import TIFF_TAGS, write_tiff
 
 # format= choice -> (PIL format, file suffix). Inputs keep their own format by default.
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "tif": ("TIFF", ".tif")}
@@ -204,12 +204,6 @@ class FileMetadata:
     tiff_tags: dict[int, Any] = field(default_factory=dict)
 
 
-# A scanner's TIFF tags that describe the photo rather than its layout in the file.
-TIFF_TAGS = {
-    269: "DocumentName", 270: "ImageDescription", 271: "Make", 272: "Model",
-    282: "XResolution", 283: "YResolution", 296: "ResolutionUnit", 305: "Software",
-    306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright",
-}  # fmt: skip
 # Tags that say how a TIFF's pixels are laid out in that file, meaningless in another.
 _LAYOUT_TAGS = frozenset(range(254, 270)) | {
     273, 277, 278, 279, 280, 281, 284, 292, 293, 317, 320, 322, 323, 324, 325, 338, 339, 340,
@@ -265,7 +259,7 @@ def write_image(
     try:
         if fmt == "TIFF":
             every = [pixels, *(page.permute(1, 2, 0).numpy() for page in pages)]
-            _write_tiff(every, partial, tiff_tags or {})
+            write_tiff(every, partial, tiff_tags or {}, exif)
         elif pixels.dtype == np.uint16 and fmt == "PNG":
             _write_opencv(pixels, partial, exif)
         else:
@@ -288,28 +282,6 @@ def write_image(
 def eight_bit(levels: np.ndarray) -> np.ndarray:
     """uint16 levels -> uint8, rounded: round(v / 257), so 65535 -> 255, 128 -> 0, 129 -> 1."""
     return ((levels.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
-# tifffile writes a classic TIFF up to 4 GB; past that (with room for tags) it needs BigTIFF.
-_CLASSIC_TIFF_BYTES = 2**32 - 2**25
-
-
-def _write_tiff(pages: list[np.ndarray], path: Path, tags: Mapping[int, Any]) -> None:
-    """RGB pages ``[H, W, 3]`` (uint8 or uint16) -> one deflate-compressed TIFF page each, by
-    tifffile (from the arrays themselves: no copy), with the scanner's ``tags``."""
-    resolution = (tags[282], tags[283]) if 282 in tags and 283 in tags else None
-    unit = {1: "NONE", 2: "INCH", 3: "CENTIMETER"}.get(tags.get(296, 2), "INCH")
-    text = [(tag, "s", 0, str(tags[tag]), True) for tag in TIFF_TAGS if tag in tags]
-    text = [entry for entry in text if entry[0] not in (270, 282, 283, 296, 305, 306)]
-    bigtiff = sum(page.nbytes for page in pages) > _CLASSIC_TIFF_BYTES
-    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tiff:
-        for page in pages:
-            tiff.write(
-                page, photometric="rgb", compression="zlib", metadata=None,
-                iccprofile=srgb_profile(), description=tags.get(270), software=tags.get(305),
-                datetime=tags.get(306), resolution=resolution,
-                resolutionunit=unit if resolution else None, extratags=text,
-            )  # fmt: skip
 
 
 def _write_opencv(

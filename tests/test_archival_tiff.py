@@ -137,3 +137,24 @@ def test_a_page_that_cannot_be_read_fails_the_file_in_one_line(
     assert result.returncode == 1
     assert f"failed: {source}: truncated or corrupt" in result.stderr
     assert not (tmp_path / "out" / "cut.tif").exists()
+
+
+def test_exif_reaches_a_tiff_output_with_its_sub_directory(main_of, tmp_path, checkpoint_of):
+    """A photo's EXIF (camera, date, and the EXIF directory's DateTimeOriginal) is in the TIFF
+    colorize writes, as it is in any other format: read back by Pillow and by tifffile."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[271], exif[306] = "Leica", "1931:05:17 10:00:00"
+    exif.get_ifd(0x8769)[36867] = "1931:05:16 09:00:00"  # DateTimeOriginal
+    Image.fromarray(plate(60, 80, 255, 5)).save(folder / "photo.jpg", exif=exif, quality=95)
+
+    colorize(main_of, checkpoint_of("alpha"), folder, tmp_path / "out", "format=tif")
+    with Image.open(tmp_path / "out" / "photo.tif") as written:
+        assert written.mode == "RGB"
+        kept = written.getexif()
+        directory = kept.get_ifd(0x8769)  # read from the open file
+    assert kept[271] == "Leica" and kept[306] == "1931:05:17 10:00:00"
+    assert directory.get(36867) == "1931:05:16 09:00:00"
+    with tifffile.TiffFile(tmp_path / "out" / "photo.tif") as tif:
+        assert tif.pages[0].tags["ExifTag"].value["DateTimeOriginal"] == "1931:05:16 09:00:00"
