@@ -241,6 +241,10 @@ class ImageDataModule(L.LightningDataModule):
     # decide which image goes to which split; subclasses extend both (``split_differences``).
     source_settings: tuple[str, ...] = ()
     split_settings: tuple[str, ...] = ("seed",)
+    # Split settings added since checkpoints were first written, with the value every run had
+    # before (a checkpoint without them read the same images), and settings since renamed.
+    settings_added: dict[str, Any] = {}
+    settings_retired: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -278,8 +282,10 @@ class ImageDataModule(L.LightningDataModule):
         differently: ``{setting: its value}`` where it differs from this one's; None when
         ``trained`` read other images (another kind of data, or another source)."""
         ours = dict(self.hparams)
+        added = {key: value for key, value in self.settings_added.items() if key in ours}
+        trained = added | {k: v for k, v in trained.items() if k not in self.settings_retired}
         # A setting added since the checkpoint was made (e.g. memory_cache_mb) is absent from
-        # it; one that decides the images or the split must be there.
+        # it; one that decides the images or the split must be there (or in settings_added).
         missing = set(ours) - set(trained)
         if set(trained) - set(ours) or missing & {*self.source_settings, *self.split_settings}:
             return None

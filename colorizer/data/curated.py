@@ -75,6 +75,7 @@ class CuratedDataModule(ImageDataModule):
         *("seed", "val_fraction", "test_fraction", "min_size", "exclude_grayscale"),
         "max_megapixels",
     )
+    settings_added = {"max_megapixels": None}  # Pillow's guard, which every run had before
 
     def __init__(
         self,

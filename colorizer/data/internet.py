@@ -73,6 +73,7 @@ class InternetDataModule(CuratedDataModule):
     """
 
     source_settings = ("urls",)
+    settings_retired = ("max_pixels",)  # now max_megapixels
 
     def __init__(
         self,

@@ -206,3 +206,8 @@ def test_a_checkpoint_from_before_a_new_setting_still_reads_the_same_images(flat
     assert module.split_differences({**trained, "root": "/elsewhere"}) is None
     assert module.split_differences({k: v for k, v in trained.items() if k != "seed"}) is None
     assert module.split_differences({**trained, "num_train": 10}) is None
+    # Before data.max_megapixels, every run had Pillow's guard: what null says now.
+    older = {k: v for k, v in trained.items() if k != "max_megapixels"}
+    assert module.split_differences(older) == {}
+    larger = CuratedDataModule(str(flat_root), seed=7, max_megapixels=500)
+    assert larger.split_differences(older) == {"max_megapixels": None}

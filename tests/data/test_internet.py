@@ -430,3 +430,13 @@ def test_cli_downloads_and_trains(server: ImageServer, main_of, tmp_path: Path) 
     assert summary in result.stdout + result.stderr
     assert json.loads((cache / "download_report.json").read_text())["summary"] == summary
     assert json.loads((run / "metrics.json").read_text())["data"] == "internet"
+
+
+def test_a_checkpoint_from_before_max_megapixels_reads_the_same_images(tmp_path: Path) -> None:
+    """``data.max_pixels`` became ``data.max_megapixels``: a run recorded with the old key (and
+    without the new) still counts as the same images, so evaluation reuses its split."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    module = InternetDataModule(str(urls), cache_dir=str(tmp_path / "cache"), image_size=32)
+    trained = {k: v for k, v in module.hparams.items() if k != "max_megapixels"}
+    assert module.split_differences({**trained, "max_pixels": 89_478_485}) == {}
