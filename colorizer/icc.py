@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from functools import cache
+from functools import cache, lru_cache
 from io import BytesIO
 
 import numpy as np
@@ -42,8 +42,7 @@ def describes_srgb(icc: bytes | None) -> bool:
     if not icc:
         return True
     try:
-        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
-        return "srgb" in ImageCms.getProfileDescription(profile).lower()
+        return _read_profile(icc)[2]
     except _PROFILE_ERRORS:
         return False
 
@@ -57,27 +56,43 @@ def to_srgb(image: Image.Image, name: object = "") -> Image.Image:
     if not icc:
         return image
     try:
-        profile = ImageCms.ImageCmsProfile(BytesIO(icc))
-        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+        _, space, srgb = _read_profile(icc)
+        if srgb:
             return image
-        space = profile.profile.xcolor_space.strip()
         if space == "GRAY" and (image.mode == "L" or image.mode.startswith("I;16")):
             return _gray_to_srgb(image, icc)
         if (space, image.mode) in {("RGB", "RGB"), ("RGB", "RGBA"), ("CMYK", "CMYK")}:
-            return _colour_to_srgb(image, profile)
+            return _colour_to_srgb(image, icc)
     except _PROFILE_ERRORS as error:
         log.warning("%s: unreadable ICC profile (%s), read as sRGB", name, error)
     return image
 
 
-def _colour_to_srgb(image: Image.Image, profile: ImageCms.ImageCmsProfile) -> Image.Image:
+# Photos of one camera or scanner share a profile: parsing it, and LittleCMS's transform, are
+# done once per profile, not once per photo (a training set decodes each photo many times).
+@lru_cache(maxsize=32)
+def _read_profile(icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str, bool]:
+    """(the profile, its colour space: ``RGB``, ``GRAY``, ``CMYK``..., whether it says sRGB)."""
+    profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+    srgb = "srgb" in ImageCms.getProfileDescription(profile).lower()
+    return profile, profile.profile.xcolor_space.strip(), srgb
+
+
+@lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform:
+    srgb = ImageCms.ImageCmsProfile(BytesIO(srgb_profile()))
+    # NOCACHE: LittleCMS's one-pixel cache would be shared by the threads that use this
+    # transform at once (the scan decodes in a thread pool); without it a transform is reentrant.
+    return ImageCms.buildTransform(
+        _read_profile(icc)[0], srgb, mode, "RGB", ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        flags=ImageCms.Flags.NOCACHE,
+    )  # fmt: skip
+
+
+def _colour_to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
     alpha = image.getchannel("A") if image.mode == "RGBA" else None
     pixels = image.convert("RGB") if alpha is not None else image
-    srgb = ImageCms.ImageCmsProfile(BytesIO(srgb_profile()))
-    converted = ImageCms.profileToProfile(
-        pixels, profile, srgb, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
-        outputMode="RGB",
-    )  # fmt: skip
+    converted = ImageCms.applyTransform(pixels, _transform_to_srgb(icc, pixels.mode))
     if alpha is not None:
         converted.putalpha(alpha)
     return converted
@@ -89,6 +104,7 @@ def _gray_to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
     return Image.fromarray(table[np.asarray(image).astype(np.int64)])  # uint16: mode I;16
 
 
+@lru_cache(maxsize=32)
 def srgb_gray_levels(icc: bytes, levels: int) -> np.ndarray:
     """For each of ``levels`` gray levels of a gray profile's photo, the 16-bit sRGB gray of the
     same luminance: uint16 ``[levels]``."""
@@ -97,7 +113,9 @@ def srgb_gray_levels(icc: bytes, levels: int) -> np.ndarray:
     encoded = np.where(
         linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055
     )
-    return np.rint(encoded * 65535).astype(np.uint16)
+    table = np.rint(encoded * 65535).astype(np.uint16)
+    table.setflags(write=False)  # shared by every photo with this profile
+    return table
 
 
 def gray_luminance(icc: bytes, values: np.ndarray) -> np.ndarray:

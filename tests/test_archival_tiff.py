@@ -158,3 +158,10 @@ def test_exif_reaches_a_tiff_output_with_its_sub_directory(main_of, tmp_path, ch
     assert directory.get(36867) == "1931:05:16 09:00:00"
     with tifffile.TiffFile(tmp_path / "out" / "photo.tif") as tif:
         assert tif.pages[0].tags["ExifTag"].value["DateTimeOriginal"] == "1931:05:16 09:00:00"
+
+    # A TIFF with an EXIF directory, colorized again, keeps it too.
+    colorize(main_of, checkpoint_of("alpha"), tmp_path / "out", tmp_path / "again")
+    with tifffile.TiffFile(tmp_path / "again" / "photo.tif") as tif:
+        exif_directory = tif.pages[0].tags["ExifTag"].value
+        assert tif.pages[0].tags["Make"].value == "Leica"
+    assert exif_directory["DateTimeOriginal"] == "1931:05:16 09:00:00"
