@@ -287,9 +287,9 @@ def _write(job: Job, item: dict, output: torch.Tensor, cfg: DictConfig) -> str |
     before, pages = item["image"], item.get("page_outputs", [])
     if item.get("bits") == 8 and output.dtype == torch.uint16:  # a profiled 8-bit gray scan
         before, output, *pages = (as_8_bit(x) for x in (before, output, *pages))
-    if pages and job.target.suffix.lower() not in (".tif", ".tiff"):
+    if item.get("pages_left_out"):
         log.warning("%s: its %d further pages are kept only in a TIFF output (format=tif)",
-                    job.source, len(pages))  # fmt: skip
+                    job.source, item["pages_left_out"])  # fmt: skip
     # A TIFF's pages are of one depth: a 16-bit page among 8-bit ones is written at 8 bits.
     if any(page.dtype != output.dtype for page in pages):
         output, *pages = (as_8_bit(x) if x.dtype == torch.uint16 else x for x in (output, *pages))

@@ -155,7 +155,8 @@ class PhotoFiles(Dataset):
     :func:`~colorizer.data.images.load_photo` gives (uint8 ``[3, H, W]`` sRGB, or gray
     ``[1, H, W]`` uint8 or uint16); ``exif`` is the photo's EXIF with the orientation reset,
     since ``image`` is already upright; ``bits`` the depth of the file's samples (an 8-bit
-    gray scan with a gray profile is read at 16 bits, but written back at 8). Photos over
+    gray scan with a gray profile is read at 16 bits, but written back at 8); ``pages`` a
+    TIFF's further pages when the output is a TIFF, else ``pages_left_out`` counts them. Photos over
     ``max_megapixels`` are refused (None: Pillow's limit, about 89 MP).
     """
 
@@ -180,11 +181,17 @@ class PhotoFiles(Dataset):
         stride = max(1, max(image.shape[1:]) // 256)
         colour = image.shape[0] == 3 and not is_grayscale(image[:, ::stride, ::stride])
         metadata = _file_metadata(source)
+        # Only a TIFF output keeps further pages: for another format they are not decoded.
+        keeps_pages = self.jobs[index].target.suffix.lower() in (".tif", ".tiff")
         try:
             with pixel_limit(self.max_megapixels):
-                pages = [load_photo(source, min_size=1, page=i) for i in range(1, metadata.pages)]
+                pages = [
+                    load_photo(source, min_size=1, page=i)
+                    for i in range(1, metadata.pages if keeps_pages else 1)
+                ]
         except SkippedImage as skip:
             return item | {"error": skip.described}
+        item["pages_left_out"] = 0 if keeps_pages else metadata.pages - 1
         # 16-bit colour comes from OpenCV at its depth; the header Pillow reads says 8.
         bits = 16 if image.dtype == torch.uint16 and image.shape[0] == 3 else metadata.bits
         kept = {"exif": metadata.exif, "bits": bits, "tiff_tags": metadata.tiff_tags}
@@ -205,7 +212,7 @@ class FileMetadata:
 
 
 # Tags that say how a TIFF's pixels are laid out in that file, meaningless in another.
-_LAYOUT_TAGS = frozenset(range(254, 270)) | {
+_LAYOUT_TAGS = frozenset(range(254, 269)) | {
     273, 277, 278, 279, 280, 281, 284, 292, 293, 317, 320, 322, 323, 324, 325, 338, 339, 340,
     341, 530, 531, 532, 34675,
 }  # fmt: skip

@@ -11,6 +11,8 @@ import tifffile
 from PIL import Image
 from skimage.color import rgb2lab
 
+from colorizer.photo_files import PhotoFiles, find_jobs
+
 SCANNER = {
     "software": "EPSON Scan 3.9.4",
     "datetime": "1931:05:17 10:00:00",
@@ -106,6 +108,9 @@ def test_every_page_of_a_multi_page_tiff_is_colorized_and_kept(main_of, tmp_path
         assert np.abs(lightness(out) - lightness(page)).mean() < 0.3
         assert np.abs(rgb2lab(out / float(np.iinfo(out.dtype).max))[..., 1:]).mean() > 0.5
 
+    # Another format keeps the first page only, so the others are not even decoded.
+    (item,) = PhotoFiles(find_jobs(str(source), tmp_path / "jpg", "jpg"))
+    assert item["error"] is None and item["pages"] == [] and item["pages_left_out"] == 2
     result = colorize(main_of, checkpoint, source, tmp_path / "jpg", "format=jpg")
     assert "2 further pages are kept only in a TIFF output (format=tif)" in result.stderr
     with Image.open(tmp_path / "jpg" / "album.jpg") as first:
