@@ -18,6 +18,7 @@ skipped on purpose, 1 when any failed, 2 for a usage error (one ``error:`` line)
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,7 @@ from rich.console import Console
 from colorizer.cli import run_app
 from colorizer.console import image_progress
 from colorizer.data.loaders import image_loader
+from colorizer.data.shards import extract_split, is_shard_source
 from colorizer.error_lines import is_out_of_memory, one_line
 from colorizer.errors import ConfigError, require_int
 from colorizer.hints import HintError, PixelHint, read_hints_file
@@ -67,10 +69,22 @@ EXISTS = "output exists (overwrite=true replaces it)"
 
 def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str, Any]:
     """Colorize every photo and video ``cfg.input`` names into ``cfg.output``; returns the
-    summary.
+    summary. ``cfg.input`` may also be prepared shards (a folder with a manifest, or an S3
+    prefix): the images of their ``input_split``, named after their sources.
 
     ``network`` replaces the one ``cfg.ckpt_path`` names, e.g. to reuse a loaded model.
     """
+    source = str(cfg.input)
+    if not is_shard_source(source):
+        return _colorize(cfg, network, source)
+    with tempfile.TemporaryDirectory(prefix="colorizer-shards-") as folder:
+        split = str(cfg.get("input_split", "test"))
+        count = extract_split(source, split, Path(folder), endpoint_url=cfg.get("endpoint_url"))
+        log.info("%s: %d images of the %s split", source, count, split)
+        return _colorize(cfg, network, folder)
+
+
+def _colorize(cfg: DictConfig, network: ChromaNetwork | None, pattern: str) -> dict[str, Any]:
     _check(cfg)
     device = resolve_device(str(cfg.device))
     bf16 = str(cfg.precision) == "bf16" or (str(cfg.precision) == "auto" and device.type == "cuda")
@@ -81,7 +95,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
     if network.input_size is not None and cfg.size not in (None, network.input_size):
         log.warning("%s works at %d px only; size=%s is not used", network.name,
                     network.input_size, cfg.size)  # fmt: skip
-    jobs = find_jobs(str(cfg.input), Path(str(cfg.output)), cfg.format)
+    jobs = find_jobs(pattern, Path(str(cfg.output)), cfg.format)
     hints, unmatched = _hints_of(cfg.get("hints"), network, jobs)
     failed = clashing_targets(jobs)  # costs those files only; the others are written
     skipped: dict[Path, str] = {}

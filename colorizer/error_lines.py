@@ -25,9 +25,18 @@ USER_ERRORS = (
 )
 
 
+# A DataLoader worker's exception reaches the main process re-raised with the worker's whole
+# traceback as its message; what the user needs is its last line, the original message.
+_FROM_A_WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
+
+
 def one_line(err: BaseException) -> str:
-    """An exception message folded onto one line, without Hydra's search-path listing."""
+    """An exception message folded onto one line, without Hydra's search-path listing or a
+    DataLoader worker's traceback."""
     message = str(err).split("Config search path:")[0]
+    if _FROM_A_WORKER.match(message) and message.strip():
+        last = message.strip().splitlines()[-1]  # "colorizer.errors.DataError: what happened"
+        message = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 

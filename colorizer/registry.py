@@ -112,6 +112,7 @@ DATA_SOURCES = Registry(
         "coco": "colorizer.data.coco:CocoDataModule",
         "curated": "colorizer.data.curated:CuratedDataModule",
         "internet": "colorizer.data.internet:InternetDataModule",
+        "shards": "colorizer.data.shards:ShardDataModule",
         "synthetic": "colorizer.data.synthetic:SyntheticDataModule",
     },
 )

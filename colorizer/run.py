@@ -184,6 +184,7 @@ def _fit_and_test(
         "global_step": global_step,
         "train_images_per_s": throughput.images_per_s if throughput else None,
         "train_data_wait_fraction": throughput.data_wait_fraction if throughput else None,
+        "time_to_first_batch_s": getattr(datamodule, "first_batch_s", None),
         "best_checkpoint": best,
         "run_dir": str(run_dir.resolve()),
         **{key: float(value) for key, value in {**val_metrics, **test_metrics}.items()},

@@ -285,6 +285,20 @@ class FlipProbe(L.Callback):
             log.write(json.dumps([trainer.global_step, flipped]) + "\n")
 
 
+class StreamKeysProbe(L.Callback):
+    """Writes, per process, the ``(epoch, index)`` keys of the images in each training batch,
+    as that process's training stream made them: ``keys-rank{R}.jsonl``, a line per batch."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        stream = trainer.train_dataloader.dataset
+        keys = stream.keys(trainer.datamodule.batches_trained - 1)  # counted as it arrived
+        with (self.dirpath / f"keys-rank{trainer.global_rank}.jsonl").open("a") as log:
+            log.write(json.dumps(keys) + "\n")
+
+
 class StepFile(L.Callback):
     """Writes the optimizer step of every finished training batch to ``dirpath/step``
     (replaced whole, so a reader never sees half a number)."""

@@ -20,6 +20,7 @@ REQUIRED = {
     "coco": ["data.root=/data/coco"],
     "gan_coco": ["data.root=/data/coco"],
     "internet": ["data.urls=/data/urls.txt"],
+    "shards": ["data.root=/data/shards"],
 }
 
 

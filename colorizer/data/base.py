@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,6 +114,20 @@ def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
     return (None, key) if isinstance(key, int) else (key[0], key[1])
 
 
+def seeded_item(
+    seed: int | None, epoch: int | None, index: int, load: Callable[[int], torch.Tensor]
+) -> torch.Tensor:
+    """``load(index)``, its random crop drawn from a generator seeded by ``(seed, epoch,
+    index)``: the same in every run, worker and restart (no seed or epoch: as it comes)."""
+    if epoch is None or seed is None:
+        return load(index)
+    with torch.random.fork_rng(devices=[]):
+        # Only the CPU generator draws crops; torch.manual_seed would also queue a seed
+        # for every GPU, recording a stack trace each time (~0.2 ms per image).
+        torch.default_generator.manual_seed(derived_seed("crop", seed, epoch, index))
+        return load(index)
+
+
 class ImageFileDataset(Dataset[torch.Tensor]):
     """Image files decoded with :func:`load_rgb`, then cropped; items are uint8 ``[3, S, S]``.
 
@@ -163,14 +178,7 @@ class ImageFileDataset(Dataset[torch.Tensor]):
 
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         epoch, index = split_key(key)
-        if epoch is None or self.seed is None:
-            return self._load(index)
-        # The random crop of (epoch, index) is the same in every run, worker and restart.
-        with torch.random.fork_rng(devices=[]):
-            # Only the CPU generator draws crops; torch.manual_seed would also queue a seed
-            # for every GPU, recording a stack trace each time (~0.2 ms per image).
-            torch.default_generator.manual_seed(derived_seed("crop", self.seed, epoch, index))
-            return self._load(index)
+        return seeded_item(self.seed, epoch, index, self._load)
 
     def _load(self, index: int) -> torch.Tensor:
         for offset in range(len(self.paths)):
@@ -273,6 +281,10 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[torch.Tensor] | None = None
         self.test_set: Dataset[torch.Tensor] | None = None
         self.batches_trained = 0
+        # From this datamodule's creation (a run's start, after imports) to its first batch in
+        # training: what set-up (scanning, caching, reading a manifest) costs a run.
+        self._created = time.perf_counter()
+        self.first_batch_s: float | None = None
         self.plan = StreamPlan(batches_per_epoch=1)
         self._planned_for: Any = None  # the Trainer whose settings the plan rewrote
         self._restored = False
@@ -339,6 +351,8 @@ class ImageDataModule(L.LightningDataModule):
         if trainer is None or not trainer.training:
             return batch
         self.batches_trained += 1
+        if self.first_batch_s is None:
+            self.first_batch_s = time.perf_counter() - self._created
         if self.final_batch is not None and self.batches_trained >= self.final_batch:
             trainer.should_stop = True
         if self.augmentation.active:

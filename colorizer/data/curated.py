@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class CuratedDataModule(ImageDataModule):
             raise DataError(f"data.max_megapixels={max_megapixels!r} must be a positive number")
         self.max_megapixels = max_megapixels
         self.splits: dict[str, list[Path]] | None = None
+        self.skipped_in_scans: Counter[str] = Counter()  # what every scan skipped, by reason
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
@@ -283,6 +285,7 @@ class CuratedDataModule(ImageDataModule):
             result = scan_images(
                 files, min_size=self.min_size, exclude_grayscale=self.exclude_grayscale
             )
+        self.skipped_in_scans.update(result.skipped)
         summary = format_summary(label, len(files), result) + self._bomb_note(result)
         log.log(logging.WARNING if result.rejected else logging.INFO, "%s", summary)
         return result, summary

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from colorizer.data.base import ImageDataModule, ImageFileDataset
+from colorizer.data.shards import ShardDataset
 from colorizer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def eval_dataset(datamodule: ImageDataModule, split: str, *, native: bool) -> Da
         datamodule.prepare_data()
         datamodule.setup(STAGES[split])
         dataset = getattr(datamodule, f"{split}_set")
-    if isinstance(dataset, ImageFileDataset):
+    if isinstance(dataset, ImageFileDataset | ShardDataset):
         # Training sets crop at random: evaluation must see the same pixels every time.
         dataset.transform = v2.Identity() if native else datamodule.eval_transform()
+    if isinstance(dataset, ImageFileDataset):
         dataset.decode_size = None if native else datamodule.image_size
     return dataset
 

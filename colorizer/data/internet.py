@@ -126,6 +126,7 @@ class InternetDataModule(CuratedDataModule):
             "max_image_area": self.max_pixels,
         }
         self.report: dict[str, Any] | None = None
+        self.in_tars = False  # img2dataset writes image files (True: WebDataset tar files)
 
     def prepare_data(self) -> None:
         """Download what the cache lacks, then log and record what the list gave.
@@ -136,7 +137,7 @@ class InternetDataModule(CuratedDataModule):
         if self.report is not None:
             return
         urls, rejected, duplicates = read_url_list(self.urls)
-        outcomes = read_outcomes(self.shards)
+        outcomes = read_outcomes(self.shards, in_tars=self.in_tars)
         pending = [
             url
             for url in urls
@@ -144,7 +145,7 @@ class InternetDataModule(CuratedDataModule):
         ]
         if pending:
             self._download(pending)
-            outcomes = read_outcomes(self.shards)
+            outcomes = read_outcomes(self.shards, in_tars=self.in_tars)
         self.report = self._report(urls, rejected, duplicates, outcomes, len(pending))
 
     def _download(self, urls: list[str]) -> None:
@@ -168,7 +169,7 @@ class InternetDataModule(CuratedDataModule):
                 url_list=str(pending),
                 input_format="parquet",
                 output_folder=str(self.shards),
-                output_format="files",
+                output_format="webdataset" if self.in_tars else "files",
                 incremental_mode="extend",  # each run adds shards, earlier ones stay
                 encode_format="jpg",
                 encode_quality=95,
@@ -177,6 +178,8 @@ class InternetDataModule(CuratedDataModule):
                 **self.download_options,
             )
         pending.unlink()
+        if self.in_tars:  # the orientation is applied as images are read from the tars
+            return
         for stats in sorted(set(self.shards.glob("*_stats.json")) - before):
             apply_recorded_orientation(
                 stats.with_name(stats.name.replace("_stats.json", ".parquet"))
@@ -230,6 +233,28 @@ class InternetDataModule(CuratedDataModule):
                 "list or the network, then re-run with data.retry_failed=true"
             )
         return report
+
+    def prepare_into(self, folder: Path) -> tuple[dict[str, list[Path]], dict[str, dict]]:
+        """For ``colorizer.prepare``: the list downloaded into img2dataset's WebDataset tar
+        files under ``folder`` (no file per URL; re-running resumes as the cache does), and
+        the downloaded images split by URL and seed. Images are ``SHARD.tar/KEY.jpg`` paths
+        (read from their tar, upright as their EXIF said) and are named by their URL; which
+        of them are usable is decided as they are prepared (skipped ones are counted)."""
+        self.cache_dir, self.shards, self.in_tars, self.report = folder, folder, True, None
+        self.prepare_data()
+        urls, _, _ = read_url_list(self.urls)
+        outcomes = read_outcomes(self.shards, in_tars=True)
+        url_of = {outcomes[u].file: u for u in urls if u in outcomes and outcomes[u].file}
+        if len(url_of) < 3:
+            raise DataError(
+                f"data.urls={self.urls} gave {len(url_of)} image(s); a train/val/test split "
+                "needs at least 3: add URLs of colour photographs"
+            )
+        parts = seeded_split(
+            list(url_of), self.val_fraction, self.test_fraction, self.seed, key=url_of.__getitem__
+        )
+        splits = dict(zip(SPLITS, parts, strict=True))
+        return splits, {split: {file: url_of[file] for file in splits[split]} for split in SPLITS}
 
     def find_splits(self) -> dict[str, list[Path]]:
         """The cached images of the list's URLs, validated once, split by URL and seed."""

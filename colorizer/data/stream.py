@@ -14,6 +14,10 @@ What the stream keeps from epoch-based loading:
   number of workers.
 - Several processes (DDP) each take every ``num_replicas``-th image of a pass, a pass padded
   by repeating its first images so that all have as many, as PyTorch's DistributedSampler does.
+  A dataset may order a pass itself (``pass_order(generator)``: shards read a few at a time)
+  and ask for contiguous shares (``contiguous_ranks``: rank ``r`` takes positions
+  ``r·P … r·P + P − 1`` of the padded pass, so it reads about 1/N of the shards); the padding
+  rule is the same.
 - A run resumed after ``n`` batches starts the stream at batch ``n``: the batches the run that
   never stopped would have trained on, with the same crops.
 """
@@ -94,15 +98,24 @@ class ShuffledStream(IterableDataset[torch.Tensor]):
         if self.repeat_batches:
             batch %= self.repeat_batches
         keys = []
+        contiguous = getattr(self.dataset, "contiguous_ranks", False)
         for position in range(batch * self.batch_size, (batch + 1) * self.batch_size):
             epoch, offset = divmod(position, self.per_pass)
-            keys.append((epoch, self._order(epoch)[self.rank + offset * self.num_replicas]))
+            if contiguous:
+                at = self.rank * self.per_pass + offset
+            else:
+                at = self.rank + offset * self.num_replicas
+            keys.append((epoch, self._order(epoch)[at]))
         return keys
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
             generator = torch.Generator().manual_seed(derived_seed("order", self.seed, epoch))
-            order = torch.randperm(self.size, generator=generator).tolist()
+            pass_order = getattr(self.dataset, "pass_order", None)
+            if pass_order is not None:
+                order = pass_order(generator)
+            else:
+                order = torch.randperm(self.size, generator=generator).tolist()
             total = self.per_pass * self.num_replicas
             self._orders = {epoch: (order * math.ceil(total / self.size))[:total]}
         return self._orders[epoch]

@@ -108,11 +108,12 @@ def read_url_list(path: Path) -> tuple[list[str], Counter[str], int]:
     return accepted, rejected, len(entries) - len(unique)
 
 
-def read_outcomes(shards: Path) -> dict[str, Outcome]:
+def read_outcomes(shards: Path, in_tars: bool = False) -> dict[str, Outcome]:
     """URL -> outcome over every complete shard (one whose ``_stats.json`` exists).
 
     A later shard's try overrides an earlier one; a success whose image file has been deleted
-    counts as never tried, so it is fetched again.
+    counts as never tried, so it is fetched again. ``in_tars``: img2dataset wrote WebDataset
+    tar files; an image's file is then ``SHARD.tar/KEY.jpg``, the member of its tar.
     """
     outcomes: dict[str, Outcome] = {}
     for stats in sorted(shards.glob("*_stats.json")):
@@ -120,28 +121,38 @@ def read_outcomes(shards: Path) -> dict[str, Outcome]:
         table = pd.read_parquet(
             shards / f"{shard}.parquet", columns=["url", "key", "status", "error_message"]
         )
+        tar = shards / f"{shard}.tar"
         for row in table.itertuples():
-            file = shards / shard / f"{row.key}.jpg"
+            file = (tar if in_tars else shards / shard) / f"{row.key}.jpg"
             if row.status != "success":
                 outcomes[row.url] = Outcome(None, failure_reason(row.error_message))
-            elif file.is_file():
+            elif (tar if in_tars else file).is_file():
                 outcomes[row.url] = Outcome(file, None)
             else:
                 outcomes.pop(row.url, None)
     return outcomes
 
 
-def apply_recorded_orientation(shard_table: Path) -> None:
-    """Rotate or flip a new shard's images as their original EXIF orientation said."""
+def recorded_orientations(shard_table: Path) -> dict[str, Image.Transpose]:
+    """Key -> the flip or rotation that makes the image upright, for a shard's images whose
+    original EXIF orientation was not upright."""
     table = pd.read_parquet(shard_table, columns=["key", "status", "exif"])
+    turns = {}
     for row in table[table.status == "success"].itertuples():
         exif = json.loads(row.exif) if isinstance(row.exif, str) else {}
         orientation = exif.get("Image Orientation")
         if orientation in _ORIENTATION:
-            file = shard_table.with_suffix("") / f"{row.key}.jpg"
-            with Image.open(file) as image:
-                upright = image.transpose(_ORIENTATION[orientation])
-            upright.save(file, quality=95)
+            turns[row.key] = _ORIENTATION[orientation]
+    return turns
+
+
+def apply_recorded_orientation(shard_table: Path) -> None:
+    """Rotate or flip a new shard's images as their original EXIF orientation said."""
+    for key, turn in recorded_orientations(shard_table).items():
+        file = shard_table.with_suffix("") / f"{key}.jpg"
+        with Image.open(file) as image:
+            upright = image.transpose(turn)
+        upright.save(file, quality=95)
 
 
 def default_cache_dir(urls: Path, download_size: int | None) -> Path:
