@@ -96,6 +96,7 @@ class CocoDataModule(CuratedDataModule):
                 ids = sorted(random.Random(self.seed).sample(ids, subset))
         image_dir = self.root / path.stem.removeprefix("instances_")
         files, refused = self._resolve(coco, ids, image_dir)
+        self.skipped_in_scans.update(refused)
         if refused:
             log.warning(
                 "%s: %d listed images not read (%s)",

@@ -122,11 +122,6 @@ class ShardDataset(Dataset[torch.Tensor]):
             order.extend(block[p] for p in torch.randperm(len(block), generator=generator))
         return order
 
-    def source(self, index: int) -> dict[str, Any]:
-        """What prepare recorded of image ``index``: ``source`` (its file or URL), sizes."""
-        shard, position = self._locate(index)
-        return self._members(shard)[position][2]
-
     def _locate(self, index: int) -> tuple[int, int]:
         shard = bisect.bisect_right(self.starts, index) - 1
         return shard, index - self.starts[shard]

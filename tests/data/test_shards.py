@@ -18,6 +18,7 @@ from PIL import Image
 
 from colorizer import prepare as prepare_module
 from colorizer.data.cache import copy_size
+from colorizer.data.coco import CocoDataModule
 from colorizer.data.curated import CuratedDataModule
 from colorizer.data.shards import ShardDataModule
 from colorizer.data.stream import ShuffledStream
@@ -83,6 +84,18 @@ def test_prepare_writes_the_sources_splits_into_webdataset_shards(make_cfg, phot
             list(original.get_flattened_data())
         )
         assert difference.abs().float().mean() < 6  # the photo itself, not another one
+
+
+def test_coco_is_prepared_with_its_own_splits_and_refusals(make_cfg, coco_root, tmp_path):
+    cfg = make_cfg("data=coco", f"data.root={coco_root}", "data.categories=[dog,cat]", *SIZE,
+                   f"output={tmp_path / 'shards'}", "workers=1", config_name="prepare")  # fmt: skip
+    manifest = prepare(cfg)
+    module = CocoDataModule(str(coco_root), categories=["dog", "cat"], image_size=32)
+    for split, files in module.find_splits().items():
+        expected = [file.relative_to(coco_root).as_posix() for file in files]
+        assert shard_sources(tmp_path / "shards", split) == expected, split
+    assert manifest["source"]["data"] == "coco"
+    assert manifest["skipped"] == {"grayscale": 1, "unsafe file_name": 1, "missing file": 1}
 
 
 def test_prepare_is_the_same_with_any_number_of_processes(make_cfg, photos, tmp_path):
@@ -180,6 +193,22 @@ def test_a_run_from_shards_extended_by_an_epoch_equals_one_run_straight(make_cfg
     assert extended["test/psnr"] == pytest.approx(straight["test/psnr"], rel=1e-6)
 
 
+def test_a_run_from_shards_stopped_mid_epoch_resumes_with_the_batches_it_had_not_seen(
+    make_cfg, photos, tmp_path
+):
+    prepared(make_cfg, photos, tmp_path / "shards")
+    args = [*RUN, f"data.root={tmp_path / 'shards'}", "trainer.max_epochs=2"]
+    train(make_cfg(*args))
+    (tmp_path / "run").rename(tmp_path / "whole")
+    stop = ["trainer.max_steps=5", "callbacks.last.every_n_train_steps=5",
+            "callbacks.validate_the_end=null"]  # fmt: skip
+    train(make_cfg(*args, *stop))  # saved after step 5: epoch 2, batch 1
+    resumed = train(make_cfg(*args, "ckpt_path=last"))
+    assert resumed["global_step"] == 8
+    for name, weights in final_weights(tmp_path / "whole").items():
+        assert torch.equal(final_weights(tmp_path / "run")[name], weights), name
+
+
 def test_a_damaged_shard_is_named_in_one_line_or_skipped_and_counted(
     make_cfg, main_of, photos, tmp_path
 ):
@@ -212,6 +241,21 @@ def test_an_image_damaged_after_the_start_stops_the_run_and_keeps_the_checkpoint
     result = main_of("colorizer.run", *args, "trainer.max_steps=4", "ckpt_path=last")
     assert_one_line_error(result, "shard", "cannot be read", "data.skip_bad_shards=true")
     assert hashlib.sha256(last.read_bytes()).hexdigest() == before
+
+
+def test_a_shard_found_unreadable_while_training_can_be_skipped(
+    make_cfg, main_of, photos, tmp_path
+):
+    manifest = prepared(make_cfg, photos, tmp_path / "shards")
+    shard = tmp_path / "shards" / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[1024:-2048] = bytes(len(data) - 3072)
+    shard.write_bytes(bytes(data))
+    args = [*RUN, f"data.root={tmp_path / 'shards'}", "data.num_workers=0", "trainer.max_epochs=1"]
+    result = main_of("colorizer.run", *args, "data.skip_bad_shards=true", "hydra.run.dir=r")
+    assert result.returncode == 0, result.stderr
+    lost = manifest["splits"]["train"]["shards"][2]["images"]
+    assert f"skipped shard {tmp_path / 'shards'}/train-000002.tar ({lost} images)" in result.stderr
 
 
 def test_image_size_above_the_prepared_one_is_refused(make_cfg, main_of, photos, tmp_path):
