@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from PIL import Image
 
-from colorizer.data.base import DataError
+from colorizer.errors import DataError
 
 log = logging.getLogger(__name__)
 
