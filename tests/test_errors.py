@@ -6,7 +6,9 @@ import pickle
 import re
 
 import pytest
+import torch
 
+from colorizer.error_lines import one_line
 from colorizer.errors import DataError, require_int
 from colorizer.registry import MODELS
 from tests.helpers import QUICK, SMALL_MODELS, assert_one_line_error
@@ -148,3 +150,20 @@ def test_an_unreadable_checkpoint_to_resume_from_is_one_line(
 class MaliciousPayload:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
+
+
+class _FailingInAWorker(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise DataError("shard s3://b/p/train-000003.tar cannot be read (truncated)")
+
+
+def test_an_error_raised_in_a_loader_worker_reads_as_its_own_one_line():
+    """PyTorch re-raises a worker's exception with the worker's whole traceback as message."""
+    loader = torch.utils.data.DataLoader(_FailingInAWorker(), num_workers=1)
+    with pytest.raises(DataError) as raised:
+        next(iter(loader))
+    assert "Traceback" in str(raised.value)  # what the user would otherwise see
+    assert one_line(raised.value) == "shard s3://b/p/train-000003.tar cannot be read (truncated)"
