@@ -74,6 +74,7 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
 
     ``network`` replaces the one ``cfg.ckpt_path`` names, e.g. to reuse a loaded model.
     """
+    _check(cfg)  # before any shard is fetched
     source = str(cfg.input)
     if not is_shard_source(source):
         return _colorize(cfg, network, source)
@@ -85,7 +86,6 @@ def colorize(cfg: DictConfig, network: ChromaNetwork | None = None) -> dict[str,
 
 
 def _colorize(cfg: DictConfig, network: ChromaNetwork | None, pattern: str) -> dict[str, Any]:
-    _check(cfg)
     device = resolve_device(str(cfg.device))
     bf16 = str(cfg.precision) == "bf16" or (str(cfg.precision) == "auto" and device.type == "cuda")
     if network is None:

@@ -18,6 +18,7 @@ there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from colorizer.data.base import TRAIN_CROP_SCALE
 from colorizer.data.cache import cache_side
 from colorizer.data.images import format_reasons, pixel_limit
 from colorizer.data.shard_store import MANIFEST
-from colorizer.data.shard_writer import WORK, ShardJob, write_json, write_shard
+from colorizer.data.shard_writer import SHARD_NAME, WORK, ShardJob, write_json, write_shard
 from colorizer.data.shards import FORMAT, SPLITS, VERSION
 from colorizer.errors import ConfigError, require_int
 from colorizer.registry import DATA_SOURCES
@@ -62,16 +63,23 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if not hasattr(datamodule, "find_splits"):
         raise ConfigError(f"data={source_name} has no image files to prepare: use data=curated, "
                           "coco or internet")  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
-    (output / MANIFEST).unlink(missing_ok=True)  # the folder is not finished until it is back
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / MANIFEST).unlink(missing_ok=True)  # not finished until it is written again
+    except FileExistsError as error:
+        raise ConfigError(f"output={output} is a file: name a folder for the shards") from error
+    except PermissionError as error:
+        raise ConfigError(f"output={output} cannot be written: {error.strerror}") from error
     splits, names = _source_splits(datamodule)
     side = cache_side(datamodule.image_size, TRAIN_CROP_SCALE[0])
+    # Keys count on across the splits: no two images of the dataset share one.
+    offsets = dict(zip(SPLITS, itertools.accumulate((len(splits[s]) for s in SPLITS),
+                                                    initial=0), strict=False))  # fmt: skip
     jobs = [
         ShardJob(
-            str(output), f"{split}-{number:06d}.tar", first, _chunk(names[split], files, first,
-                                                                    shard_images),
-            side, datamodule.image_size, datamodule.min_size, datamodule.exclude_grayscale,
-            datamodule.max_megapixels,
+            str(output), f"{split}-{number:06d}.tar", offsets[split] + first,
+            _chunk(names[split], files, first, shard_images), side, datamodule.image_size,
+            datamodule.min_size, datamodule.exclude_grayscale, datamodule.max_megapixels,
         )
         for split, files in splits.items()
         for number, first in enumerate(range(0, len(files), shard_images))
@@ -80,9 +88,14 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     manifest = _manifest(cfg, datamodule, source_name, splits, jobs, results, side)
     manifest["seconds"] = round(time.perf_counter() - start, 1)
     write_json(output / MANIFEST, manifest)
-    stale = {path.name for path in output.glob("*.tar")} - {job.name for job in jobs}
-    for name in sorted(stale):  # shards of an earlier prepare with more images
-        (output / name).unlink()
+    # Shards an earlier prepare made here (it left their records) that this one has not:
+    # the dataset has fewer images now. Other files in the folder are left alone.
+    made = {job.name for job in jobs}
+    for record in sorted((output / WORK).glob("*.tar.json")):
+        name = record.name.removesuffix(".json")
+        if name not in made and SHARD_NAME.fullmatch(name):
+            (output / name).unlink(missing_ok=True)
+            record.unlink()
     counts = ", ".join(f"{manifest['splits'][s]['images']} {s}" for s in SPLITS)
     skipped = manifest["skipped"]
     log.info(

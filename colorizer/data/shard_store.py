@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,15 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _CHUNK = 8 << 20
+
+
+class StoreUnavailable(DataError):
+    """The store could not be read (endpoint, credentials, network): the shards themselves
+    may be fine, so this is never skipped as a bad shard."""
+
+
+class ShardDamaged(DataError):
+    """A shard is missing from the store, or its bytes are not the ones prepared."""
 
 
 class ShardStore(ABC):
@@ -108,10 +118,11 @@ class BucketStore(ShardStore):
         self.location = url.rstrip("/")
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         self.endpoint_url = endpoint_url
-        if cache_dir is None:
-            digest = hashlib.blake2b(self.location.encode(), digest_size=6).hexdigest()
-            cache_dir = f"~/.cache/colorizer/shards/{self.bucket}-{digest}"
-        self.cache = Path(cache_dir).expanduser()
+        # A folder per dataset, also under a given cache_dir: several datasets (or sizes of
+        # one) share a machine's cache without their shard names meeting.
+        digest = hashlib.blake2b(self.location.encode(), digest_size=6).hexdigest()
+        base = Path(cache_dir or "~/.cache/colorizer/shards").expanduser()
+        self.cache = base / f"{self.bucket}-{digest}"
         self.cache_limit_bytes = cache_limit_bytes
         self._client: Any = None
 
@@ -121,8 +132,16 @@ class BucketStore(ShardStore):
 
     @property
     def endpoint(self) -> str:
-        """The endpoint requests go to, for messages."""
-        return self.client.meta.endpoint_url
+        """The endpoint requests go to, for messages (without making a client that may be
+        what failed)."""
+        if self._client is not None:
+            return self._client.meta.endpoint_url
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "AWS S3"
+        )
 
     @property
     def client(self) -> Any:
@@ -155,7 +174,7 @@ class BucketStore(ShardStore):
         found: dict[str, int] = {}
         with self._requests("the shard list"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key("")
+                Bucket=self.bucket, Prefix=self._key(""), Delimiter="/"
             )
             for page in pages:
                 for item in page.get("Contents", []):
@@ -165,40 +184,57 @@ class BucketStore(ShardStore):
         return found
 
     def open(self, name: str, size: int, sha256: str) -> BinaryIO:
-        path = self.cache / name
-        for _ in range(3):  # another process may evict it between our look and our open
+        # Named by content too: a shard uploaded again (a new manifest) is a new file here.
+        path = self.cache / f"{sha256[:16]}-{name}"
+        if _has_size(path, size):
+            try:
+                handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+            except FileNotFoundError:
+                pass  # evicted between the look and the open: downloaded again below
+            else:
+                os.utime(handle.fileno())  # recently used: evicted last
+                return handle
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with _locked(self.cache / f".{name}.lock"):  # one download per machine
             if _has_size(path, size):
                 try:
-                    handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+                    return open(path, "rb")  # noqa: SIM115 (another process fetched it)
                 except FileNotFoundError:
-                    continue
-                os.utime(path)  # recently used: evicted last
-                return handle
-            self.cache.mkdir(parents=True, exist_ok=True)
-            with _locked(self.cache / f".{name}.lock"):  # one download per machine
-                if not _has_size(path, size):
-                    handle = self._download(name, path, size, sha256)
-                    self._evict(keep=path)
-                    return handle
-        raise OSError(f"{path} keeps being evicted: raise data.cache_limit_gb")
+                    pass
+            handle = self._download(name, path, size, sha256)
+        self._evict(keep=path)
+        return handle
 
     def _download(self, name: str, path: Path, size: int, sha256: str) -> BinaryIO:
-        """Download ``name`` to ``path``, verified; returns it open (before anyone can evict it)."""
-        partial = path.with_name(f".{name}.{os.getpid()}.partial")
-        digest = hashlib.sha256()
+        """Download ``name`` to ``path``, verified; returns it open (before anyone can evict
+        it). A connection that breaks is tried again (3 tries, 1 and 4 s apart)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            with self._requests(name):
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
-                with open(partial, "wb") as file:
-                    for chunk in iter(lambda: body.read(_CHUNK), b""):
-                        digest.update(chunk)
-                        file.write(chunk)
+            for attempt in range(3):
+                try:
+                    digest = self._fetch(name, partial)
+                    break
+                except ClientError:  # an answer (refused, missing): asking again will not help
+                    with self._requests(name):
+                        raise
+                except (BotoCoreError, OSError) as error:  # the connection, or our disk
+                    if attempt == 2:
+                        if isinstance(error, BotoCoreError):
+                            with self._requests(name):
+                                raise
+                        raise StoreUnavailable(
+                            f"cannot download {self.location}/{name} into {self.cache}: {error}"
+                        ) from error
+                    log.warning("downloading %s/%s failed (%s): trying again", self.location,
+                                name, error)  # fmt: skip
+                    time.sleep(4**attempt)
             got = partial.stat().st_size
-            if got != size or digest.hexdigest() != sha256:
-                raise DataError(
-                    f"{self.location}/{name} is damaged: {got} bytes, SHA-256 "
-                    f"{digest.hexdigest()[:12]}…, the manifest says {size} bytes, "
-                    f"{sha256[:12]}…: upload the shard again"
+            if got != size or digest != sha256:
+                raise ShardDamaged(
+                    f"{self.location}/{name} is damaged: {got} bytes, SHA-256 {digest[:12]}…, "
+                    f"the manifest says {size} bytes, {sha256[:12]}…: upload the shard again"
                 )
             handle = open(partial, "rb")  # noqa: SIM115 (the caller closes it)
             os.replace(partial, path)
@@ -206,18 +242,36 @@ class BucketStore(ShardStore):
         finally:
             partial.unlink(missing_ok=True)
 
+    def _fetch(self, name: str, partial: Path) -> str:
+        """Stream the object into ``partial``; its SHA-256."""
+        digest = hashlib.sha256()
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+        with open(partial, "wb") as file:
+            for chunk in iter(lambda: body.read(_CHUNK), b""):
+                digest.update(chunk)
+                file.write(chunk)
+        return digest.hexdigest()
+
     def _evict(self, keep: Path) -> None:
-        shards = [p for p in self.cache.glob("*.tar") if p != keep]
-        try:
-            stats = sorted(((p.stat(), p) for p in shards), key=lambda item: item[0].st_mtime)
-        except FileNotFoundError:  # another process evicted meanwhile: it keeps the bound
-            return
-        total = sum(stat.st_size for stat, _ in stats) + keep.stat().st_size
-        for stat, path in stats:
+        """Delete the least recently used shards past the bound, and the partial downloads
+        of processes that died (killed, pre-empted)."""
+        entries = []
+        for path in self.cache.glob("*.tar"):
+            try:
+                entries.append((path.stat(), path))
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+        for partial in self.cache.glob(".*.partial"):
+            pid = partial.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                partial.unlink(missing_ok=True)
+        total = sum(stat.st_size for stat, _ in entries)
+        for stat, path in sorted(entries, key=lambda entry: entry[0].st_mtime):
             if total <= self.cache_limit_bytes:
                 break
-            path.unlink(missing_ok=True)
-            total -= stat.st_size
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= stat.st_size
 
     @contextmanager
     def _requests(self, what: str):
@@ -232,19 +286,24 @@ class BucketStore(ShardStore):
         try:
             yield
         except EndpointConnectionError as error:
-            raise DataError(
+            raise StoreUnavailable(
                 f"cannot reach the S3 endpoint {self._endpoint_or(error)} for {self.location}: "
                 "check data.endpoint_url (or AWS_ENDPOINT_URL) and the network"
             ) from error
         except NoCredentialsError as error:
-            raise DataError(
+            raise StoreUnavailable(
                 f"no S3 credentials for {self.location} at {self.endpoint}: set "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
             ) from error
         except ClientError as error:
-            raise DataError(self._client_error_line(error, what)) from error
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            missing = code in ("NoSuchKey", "404") and what.endswith(".tar")
+            kind = ShardDamaged if missing else StoreUnavailable
+            raise kind(self._client_error_line(error, what)) from error
+        except DataError:
+            raise
         except BotoCoreError as error:
-            raise DataError(
+            raise StoreUnavailable(
                 f"S3 endpoint {self._endpoint_or(error)}: {error} (reading {self.location})"
             ) from error
 
@@ -273,6 +332,16 @@ class BucketStore(ShardStore):
                 )
             return f"{self.location}/{what} is missing at {where}: upload it again"
         return f"S3 endpoint {where} refused {what} of {self.location}: {code or error}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import tempfile
 from collections import Counter
@@ -29,6 +30,7 @@ from colorizer.data.url_cache import recorded_orientations
 log = logging.getLogger(__name__)
 
 WORK = ".prepare"  # a record per shard made: an interrupted or repeated prepare skips it
+SHARD_NAME = re.compile(r"(train|val|test)-\d{6}\.tar")
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,14 @@ class ShardJob:
 
     def fingerprint(self) -> str:
         """Changes when the shard's images, their files or the resolution change."""
-        parts = [self.side, self.min_side, self.min_size, self.exclude_grayscale, CACHE_QUALITY]
+        parts = [self.side, self.min_side, self.min_size, self.exclude_grayscale,
+                 self.max_megapixels, CACHE_QUALITY]  # fmt: skip
         for name, file in self.images:
+            archive, _, member = file.rpartition(".tar/")
             try:
-                stat = os.stat(file)
-                parts.append((name, stat.st_size, stat.st_mtime_ns))
+                # An image inside one of img2dataset's tars: that tar, and which member.
+                stat = os.stat(f"{archive}.tar" if archive else file)
+                parts.append((name, member, stat.st_size, stat.st_mtime_ns))
             except OSError:
                 parts.append((name, None, None))
         return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
@@ -65,11 +70,12 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     skipped: Counter[str] = Counter()
     partial = output / f".{job.name}.{os.getpid()}.partial"
     images = 0
+    archives = _Archives()
     try:
         with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
             for offset, (name, file) in enumerate(job.images):
                 try:  # under the caller's pixel_limit(job.max_megapixels)
-                    image = _read(file, job.min_size, job.side)
+                    image = _read(file, job.min_size, job.side, archives)
                 except (SkippedImage, OSError) as error:
                     skipped[getattr(error, "reason", "unreadable")] += 1
                     log.warning("not prepared: %s", error)
@@ -90,6 +96,7 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
         size = partial.stat().st_size
         os.replace(partial, output / job.name)
     finally:
+        archives.close()
         partial.unlink(missing_ok=True)
     record = {"name": job.name, "images": images, "bytes": size, "sha256": digest.hexdigest(),
               "skipped": dict(skipped), "fingerprint": fingerprint}  # fmt: skip
@@ -97,25 +104,46 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     return record
 
 
-def _read(file: str, min_size: int, side: int):
+class _Archives:
+    """img2dataset's tars a shard's images are read from, each opened and its member table
+    read once (``extractfile(name)`` alone would scan the headers of a 10,000-image tar for
+    every image)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+
+    def read(self, archive: str, member: str) -> bytes:
+        if archive not in self._open:
+            tar = tarfile.open(archive)  # noqa: SIM115 (closed by close())
+            self._open[archive] = (tar, {info.name: info for info in tar.getmembers()})
+        tar, members = self._open[archive]
+        data = tar.extractfile(members[member]) if member in members else None
+        if data is None:
+            raise OSError(f"{archive}/{member}: no such image in the archive")
+        return data.read()
+
+    def close(self) -> None:
+        for tar, _ in self._open.values():
+            tar.close()
+        self._open.clear()
+
+
+def _read(file: str, min_size: int, side: int, archives: _Archives):
     """uint8 ``[3, H, W]`` of a file, or of an image inside one of img2dataset's tars
     (``SHARD.tar/KEY.jpg``), turned upright as its original's EXIF said."""
     archive, _, member = file.rpartition(".tar/")
     if not archive:
         return load_rgb(file, min_size=min_size, decode_size=side)
-    with tarfile.open(f"{archive}.tar") as tar:
-        data = tar.extractfile(member)
-        if data is None:
-            raise OSError(f"{file}: no such image in the archive")
-        turn = _orientations(f"{archive}.parquet").get(member.partition(".")[0])
-        # Through a file: the same guarded loader (size, bomb and corruption checks) as files.
-        with tempfile.NamedTemporaryFile(suffix=Path(member).suffix) as copy:
-            copy.write(data.read())
-            copy.flush()
-            if turn is not None:
-                with Image.open(copy.name) as image:
-                    image.transpose(turn).save(copy.name, format="JPEG", quality=CACHE_QUALITY)
-            return load_rgb(copy.name, min_size=min_size, decode_size=side)
+    data = archives.read(f"{archive}.tar", member)
+    turn = _orientations(f"{archive}.parquet").get(member.partition(".")[0])
+    # Through a file: the same guarded loader (size, bomb and corruption checks) as files.
+    with tempfile.NamedTemporaryFile(suffix=Path(member).suffix) as copy:
+        copy.write(data)
+        copy.flush()
+        if turn is not None:
+            with Image.open(copy.name) as image:
+                image.transpose(turn).save(copy.name, format="JPEG", quality=CACHE_QUALITY)
+        return load_rgb(copy.name, min_size=min_size, decode_size=side)
 
 
 @functools.lru_cache(maxsize=8)

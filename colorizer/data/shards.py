@@ -35,7 +35,13 @@ from torch.utils.data import Dataset
 from torchcodec.decoders import decode_jpeg
 
 from colorizer.data.base import ImageDataModule, seeded_item, split_key
-from colorizer.data.shard_store import MANIFEST, ShardStore, open_store
+from colorizer.data.shard_store import (
+    MANIFEST,
+    ShardDamaged,
+    ShardStore,
+    StoreUnavailable,
+    open_store,
+)
 from colorizer.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -79,9 +85,10 @@ class ShardDataset(Dataset[torch.Tensor]):
     """The images of a split's shards; items are ``transform`` of uint8 ``[3, H, W]``.
 
     Training keys are ``(epoch, index)`` (each crop seeded by them, as for image folders);
-    evaluation keys are indices. An image that cannot be read (a shard damaged since it was
-    prepared) stops the run with one line naming the shard; with ``skip_bad=True`` the
-    shard is skipped instead (logged once per process) and the next readable image used.
+    evaluation keys are indices. A shard or an image that cannot be read (damaged since it
+    was prepared) stops the run with one line naming it; with ``skip_bad=True`` it is skipped
+    instead (logged once per process) and the next readable image used. A store that cannot
+    be reached (network, credentials) always stops the run: its shards may be fine.
     """
 
     def __init__(
@@ -100,7 +107,8 @@ class ShardDataset(Dataset[torch.Tensor]):
         for shard in shards:
             self.starts.append(self.starts[-1] + shard.images)
         self._indexes: OrderedDict[int, list[tuple[int, int, dict]]] = OrderedDict()
-        self._bad: set[int] = set()
+        self._bad: set[int] = set()  # shards, and images, found unreadable (skip_bad)
+        self._bad_images: set[int] = set()
 
     contiguous_ranks = True  # DDP ranks take contiguous shares of a pass (module docstring)
 
@@ -127,26 +135,42 @@ class ShardDataset(Dataset[torch.Tensor]):
         return shard, index - self.starts[shard]
 
     def _load(self, index: int) -> torch.Tensor:
+        """Image ``index``, or with ``skip_bad`` the next readable one. What is unreadable is
+        the same in every process and run (a damaged shard at its first image, a damaged
+        image alone), so skipping keeps batches independent of workers and resumes."""
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             shard, position = self._locate(candidate)
-            if shard in self._bad:
+            if shard in self._bad or candidate in self._bad_images:
+                continue
+            name = f"{self.store.location}/{self.shards[shard].name}"
+            try:
+                self._members(shard)
+            except StoreUnavailable:
+                raise  # the store, not the shard: never skipped
+            except (ShardDamaged, OSError, tarfile.TarError, ValueError, KeyError) as error:
+                self._refuse(name, _reason(error), error, shard=shard)
                 continue
             try:
                 return self.transform(self._decode(shard, position))
-            except (OSError, RuntimeError, ValueError, tarfile.TarError, DataError) as error:
-                name = f"{self.store.location}/{self.shards[shard].name}"
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                if not self.skip_bad:
-                    raise DataError(
-                        f"shard {name} cannot be read ({reason}): prepare or upload it again, "
-                        "or set data.skip_bad_shards=true to train without it"
-                    ) from error
-                self._bad.add(shard)
-                log.warning("skipped shard %s (%d images): %s", name,
-                            self.shards[shard].images, reason)  # fmt: skip
-        raise DataError(f"none of the {len(self.shards)} shards of {self.store.location} "
-                        "can be read")  # fmt: skip
+            except StoreUnavailable:
+                raise
+            except (OSError, RuntimeError, ValueError) as error:
+                self._refuse(f"image {position} of {name}", _reason(error), error)
+                self._bad_images.add(candidate)
+        raise DataError(f"none of the {len(self)} images of {self.store.location} can be read")
+
+    def _refuse(self, what: str, reason: str, error: Exception, shard: int | None = None):
+        if not self.skip_bad:
+            raise DataError(
+                f"{'shard ' if shard is not None else ''}{what} cannot be read ({reason}): "
+                "prepare or upload it again, or set data.skip_bad_shards=true to train without it"
+            ) from error
+        if shard is None:
+            log.warning("skipped %s: %s", what, reason)
+            return
+        self._bad.add(shard)
+        log.warning("skipped shard %s (%d images): %s", what, self.shards[shard].images, reason)
 
     def _decode(self, shard: int, position: int) -> torch.Tensor:
         offset, size, _ = self._members(shard)[position]
@@ -173,8 +197,8 @@ class ShardDataset(Dataset[torch.Tensor]):
             tarfile.open(fileobj=file) as tar,
         ):
             for member in tar:
-                key, _, extension = member.name.partition(".")
-                if extension == "jpg":
+                key, extension = _key_and_extension(member.name)
+                if extension in ("jpg", "jpeg"):
                     images[key] = (member.offset_data, member.size)
                 elif extension == "json":
                     metas[key] = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
@@ -187,23 +211,41 @@ class ShardDataset(Dataset[torch.Tensor]):
         return table
 
 
+def _key_and_extension(member: str) -> tuple[str, str]:
+    """WebDataset's split of a member name: the key is everything up to the first dot of the
+    file name (folders included), the extension the rest."""
+    folder, _, name = member.rpartition("/")
+    stem, _, extension = name.partition(".")
+    return f"{folder}/{stem}" if folder else stem, extension.lower()
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def is_shard_source(location: str) -> bool:
-    """Whether ``location`` names prepared shards: ``s3://...`` or a folder with a manifest."""
-    return location.startswith("s3://") or (
-        Path(location).expanduser().is_dir() and (Path(location).expanduser() / MANIFEST).is_file()
-    )
+    """Whether ``location`` names prepared shards: ``s3://...`` or a folder whose
+    manifest.json colorizer.prepare wrote (another program's manifest.json is not one)."""
+    if location.startswith("s3://"):
+        return True
+    manifest = Path(location).expanduser() / MANIFEST
+    try:
+        return json.loads(manifest.read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def extract_split(
     location: str, split: str, folder: Path, *, endpoint_url: str | None = None
 ) -> int:
-    """Write the images of a split (``all``: every split) of prepared shards into ``folder``
-    as JPEG files named after their sources (sub-folders kept; a URL's image by its key), for
-    tools that read image files; returns how many."""
-    store = open_store(location, endpoint_url=endpoint_url)
-    manifest = read_manifest(store)
+    """Write the images of a split (``all``: every split) of prepared shards into ``folder``,
+    named after their sources (sub-folders and extensions kept, so no two meet; a URL's image,
+    or a name that would leave the folder, by its key), for tools that read image files;
+    returns how many."""
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"input_split={split} is not one of: {', '.join(SPLITS)}, all")
+    store = open_store(location, endpoint_url=endpoint_url)
+    manifest = read_manifest(store)
     written = 0
     root = folder.resolve()
     for name in SPLITS if split == "all" else (split,):
@@ -214,16 +256,16 @@ def extract_split(
             ):
                 members = {member.name: member for member in tar.getmembers()}
                 for member in members.values():
-                    key, _, extension = member.name.partition(".")
-                    data = tar.extractfile(member) if extension == "jpg" else None
+                    key, extension = _key_and_extension(member.name)
+                    data = tar.extractfile(member) if extension in ("jpg", "jpeg") else None
                     if data is None:
                         continue
                     meta = members.get(f"{key}.json")
                     described = tar.extractfile(meta) if meta is not None else None
                     source = str(json.loads(described.read()).get("source") if described else key)
-                    target = (root / source).with_suffix(".jpg")
+                    target = root / source
                     if "://" in source or not target.resolve().is_relative_to(root):
-                        target = root / f"{key}.jpg"  # a URL, or a name that leaves the folder
+                        target = root / f"{key.replace('/', '_')}.jpg"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data.read())
                     written += 1

@@ -20,7 +20,7 @@ from colorizer import prepare as prepare_module
 from colorizer.data.cache import copy_size
 from colorizer.data.coco import CocoDataModule
 from colorizer.data.curated import CuratedDataModule
-from colorizer.data.shards import ShardDataModule
+from colorizer.data.shards import ShardDataModule, extract_split, is_shard_source
 from colorizer.data.stream import ShuffledStream
 from colorizer.prepare import prepare
 from colorizer.run import train
@@ -96,6 +96,22 @@ def test_coco_is_prepared_with_its_own_splits_and_refusals(make_cfg, coco_root, 
         assert shard_sources(tmp_path / "shards", split) == expected, split
     assert manifest["source"]["data"] == "coco"
     assert manifest["skipped"] == {"grayscale": 1, "unsafe file_name": 1, "missing file": 1}
+
+
+def test_keys_are_unique_across_splits_and_other_tars_in_the_folder_are_left_alone(
+    make_cfg, photos, tmp_path
+):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "my-backup.tar").write_bytes(b"not ours")
+    manifest = prepared(make_cfg, photos, tmp_path / "shards")
+    urls = sorted(str(p) for p in (tmp_path / "shards").glob("*-0*.tar"))
+    keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == manifest["images"] == 16
+    prepared(make_cfg, photos, tmp_path / "shards", "shard_images=20")  # fewer, larger shards
+    assert (tmp_path / "shards" / "my-backup.tar").read_bytes() == b"not ours"
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*-0*.tar")) == [
+        "test-000000.tar", "train-000000.tar", "val-000000.tar",
+    ]  # fmt: skip
 
 
 def test_prepare_is_the_same_with_any_number_of_processes(make_cfg, photos, tmp_path):
@@ -258,6 +274,39 @@ def test_a_shard_found_unreadable_while_training_can_be_skipped(
     assert f"skipped shard {tmp_path / 'shards'}/train-000002.tar ({lost} images)" in result.stderr
 
 
+def damage_one_image(shard: Path) -> None:
+    """Overwrite the bytes of the shard's second JPEG (same size: the shard passes its
+    start-up check, its tar headers stay readable)."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".jpg")][1]
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data : member.offset_data + member.size] = bytes(member.size)
+    shard.write_bytes(bytes(data))
+
+
+def test_a_skipped_image_leaves_batches_independent_of_workers_and_resumes(
+    make_cfg, photos, tmp_path, caplog
+):
+    prepared(make_cfg, photos, tmp_path / "shards")
+    damage_one_image(tmp_path / "shards" / "train-000001.tar")
+    streams = {}
+    for workers, start in ((0, 0), (2, 0), (2, 4)):
+        module = ShardDataModule(root=str(tmp_path / "shards"), image_size=32, batch_size=3,
+                                 num_workers=workers, skip_bad_shards=True)  # fmt: skip
+        module.setup("fit")
+        module.batches_trained = start
+        loader = module.train_dataloader()
+        streams[workers, start] = [next(loader) for _ in range(9 - start)]
+        loader.close()
+    for batch in range(9):
+        assert torch.equal(streams[0, 0][batch], streams[2, 0][batch]), batch
+    for batch in range(4, 9):
+        assert torch.equal(streams[2, 4][batch - 4], streams[0, 0][batch]), batch
+    assert "skipped image 1 of" in caplog.text and "train-000001.tar" in caplog.text
+
+
 def test_image_size_above_the_prepared_one_is_refused(make_cfg, main_of, photos, tmp_path):
     prepared(make_cfg, photos, tmp_path / "shards")
     result = main_of("colorizer.run", *RUN, f"data.root={tmp_path / 'shards'}",
@@ -284,9 +333,18 @@ def test_evaluate_and_colorize_read_shards(make_cfg, main_of, photos, tmp_path):
     done = main_of("colorizer.colorize", f"ckpt_path={checkpoint}",
                    f"input={tmp_path / 'shards'}", "output=out", "hydra.run.dir=c")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    every = extract_split(str(tmp_path / "shards"), "all", tmp_path / "all")
+    assert every == manifest["images"] == len(list((tmp_path / "all").iterdir()))
     expected = set(shard_sources(tmp_path / "shards", "test"))
     written = {path.name for path in (tmp_path / "out").iterdir()}
     assert written == expected
+
+
+def test_a_photo_folder_with_another_programs_manifest_is_not_taken_for_shards(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"app": "scanner"}')
+    assert not is_shard_source(str(tmp_path))
+    assert not is_shard_source(str(tmp_path / "nowhere"))
+    assert is_shard_source("s3://bucket/prefix")
 
 
 # --- S3 ----------------------------------------------------------------------------------------
@@ -310,9 +368,11 @@ def test_training_reads_a_bucket_through_a_bounded_cache(
     args = s3_args(s3_server, url, tmp_path / "cache", f"data.cache_limit_gb={limit}", *two_epochs)
     result = main_of("colorizer.run", *args)
     assert result.returncode == 0, result.stderr
-    cached = list((tmp_path / "cache").glob("*.tar"))
+    (folder,) = (tmp_path / "cache").iterdir()  # a folder per dataset
+    assert folder.name.startswith("photos-")
+    cached = list(folder.glob("*.tar"))
     assert len(cached) >= 1 and sum(p.stat().st_size for p in cached) <= 2 * shard_bytes
-    assert not list((tmp_path / "cache").glob(".*.partial"))
+    assert not list(folder.glob(".*.partial"))
 
 
 def closed_port() -> int:
@@ -352,7 +412,8 @@ def test_a_shard_damaged_in_the_bucket_is_never_cached(
     result = main_of("colorizer.run", *s3_args(s3_server, url, tmp_path / "cache"),
                      "data.num_workers=0")  # fmt: skip
     assert_one_line_error(result, f"{url}/train-000000.tar is damaged", "upload the shard again")
-    assert not (tmp_path / "cache" / "train-000000.tar").exists()
+    assert (tmp_path / "cache").exists()  # it was downloaded, then refused
+    assert not list((tmp_path / "cache").rglob("*train-000000.tar"))
 
 
 @pytest.mark.slow
