@@ -42,7 +42,7 @@ from colorizer.data.shard_store import (
     StoreUnavailable,
     open_store,
 )
-from colorizer.errors import ConfigError, DataError
+from colorizer.errors import ConfigError, DataError, require_int
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +312,11 @@ class ShardDataModule(ImageDataModule):
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, seed, augment)
         self.save_hyperparameters()
-        if not isinstance(cache_limit_gb, int | float) or cache_limit_gb <= 0:
+        if isinstance(cache_limit_gb, bool) or not (
+            isinstance(cache_limit_gb, int | float) and cache_limit_gb > 0
+        ):
             raise DataError(f"data.cache_limit_gb={cache_limit_gb!r} must be a positive number")
-        if isinstance(shuffle_shards, bool) or not isinstance(shuffle_shards, int) or \
-                shuffle_shards < 1:  # fmt: skip
-            raise DataError(f"data.shuffle_shards={shuffle_shards!r} must be an integer >= 1")
+        require_int("data.shuffle_shards", shuffle_shards, 1, error=DataError)
         self.store = open_store(str(root), endpoint_url=endpoint_url, cache_dir=cache_dir,
                                 cache_limit_gb=cache_limit_gb)  # fmt: skip
         self.skip_bad_shards = skip_bad_shards

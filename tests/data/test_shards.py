@@ -314,6 +314,16 @@ def test_image_size_above_the_prepared_one_is_refused(make_cfg, main_of, photos,
     assert_one_line_error(result, "data.image_size=64", "prepared for image_size up to 32")
 
 
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [("data.cache_limit_gb=0", "data.cache_limit_gb=0 must be a positive number"),
+     ("data.shuffle_shards=0", "data.shuffle_shards=0 must be an integer >= 1")],
+)  # fmt: skip
+def test_bad_shard_settings_are_one_line(main_of, tmp_path, setting, fragment):
+    result = main_of("colorizer.run", *RUN, f"data.root={tmp_path}", setting, "trainer.max_steps=1")
+    assert_one_line_error(result, fragment)
+
+
 def test_a_folder_never_prepared_says_how_to_prepare_it(main_of, tmp_path):
     result = main_of("colorizer.run", *RUN, f"data.root={tmp_path}", "trainer.max_steps=1")
     assert_one_line_error(result, "no manifest.json", "python -m colorizer.prepare")
@@ -324,6 +334,8 @@ def test_evaluate_and_colorize_read_shards(make_cfg, main_of, photos, tmp_path):
     run = main_of("colorizer.run", *RUN, f"data.root={tmp_path / 'shards'}", "trainer.max_steps=2",
                   "hydra.run.dir=r")  # fmt: skip
     assert run.returncode == 0, run.stderr
+    trained = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert 0 < trained["time_to_first_batch_s"] < 60  # set-up: the manifest, the shard list
     checkpoint = tmp_path / "r" / "checkpoints" / "last.ckpt"
     scored = main_of("colorizer.evaluate", f"ckpt_path={checkpoint}", "data=shards",
                      f"data.root={tmp_path / 'shards'}", "hydra.run.dir=e")  # fmt: skip
